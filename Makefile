@@ -1,0 +1,33 @@
+# The two commands a new user needs:
+#   make up     install everything into .venv and start the local stack (`fogline up`)
+#   make test   install everything into .venv and run the test suite (what CI runs)
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+EXTRAS ?= cpu,cloud,dev
+
+.PHONY: install up test lint bench protos
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[$(EXTRAS)]'
+	touch $@
+
+up: install
+	$(VENV)/bin/fogline up
+
+test: install
+	$(PY) tools/gen_protos.py --check
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check fogline edge_master device_node cloud_master tests bench tools
+	$(VENV)/bin/mypy fogline edge_master device_node
+
+bench: install
+	$(PY) -m bench
+
+protos: install
+	$(PY) tools/gen_protos.py

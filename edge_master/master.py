@@ -1,0 +1,128 @@
+"""Wiring of an edge master: the region's embedded registry (control plane, its own server), the
+device pool and dispatcher behind the V2 service, REST status, and draining."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from fogline.dispatch import Dispatcher, DispatchSettings
+from fogline.grpc.control import CONTROL_MAX_MESSAGE_BYTES, ControlServicer, add_control
+from fogline.grpc.forward import ForwardingBackend
+from fogline.grpc.server import DEFAULT_MAX_MESSAGE_BYTES, bind, create_server, set_serving
+from fogline.grpc.upstream import GrpcUpstream
+from fogline.grpc.v2 import v2_handler
+from fogline.http import start_http
+from fogline.metrics import Metrics
+from fogline.registry import EmbeddedRegistry, MemberState
+from fogline.routing import EndpointPool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True)
+class EdgeSettings:
+    edge_id: str = field(default_factory=lambda: f"edge-{socket.gethostname()}")
+    region: str = "default"
+    host: str = "127.0.0.1"
+    advertise_host: str | None = None
+    grpc_port: int = 0
+    """V2 inference port (clients)."""
+    control_port: int = 0
+    """fogline.control.v1 port (device nodes); a server of its own so inference cannot starve it."""
+    http_port: int = 0
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    heartbeat_interval_s: float = 1.0
+    """How often device nodes report."""
+    member_ttl_s: float = 3.0
+    """A device silent this long is dropped from routing."""
+    dispatch: DispatchSettings = field(default_factory=DispatchSettings)
+    drain_grace_s: float = 10.0
+
+
+class EdgeMaster:
+    def __init__(self, settings: EdgeSettings) -> None:
+        self.settings = settings
+        self.metrics = Metrics("edge")
+        self.registry = EmbeddedRegistry(ttl_s=settings.member_ttl_s,
+                                         heartbeat_interval_s=settings.heartbeat_interval_s)
+        self.pool: EndpointPool[GrpcUpstream] = EndpointPool(self._connect, self._disconnect)
+        self.registry.watch(lambda: self.pool.sync(self.registry.members("device")))
+        self.dispatcher: Dispatcher[bytes] = Dispatcher(
+            self.pool, f"region {settings.region!r}", settings.dispatch,  # type: ignore[arg-type]
+            on_attempt=self._count_attempt)
+        self.endpoints: dict[str, Any] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def _connect(self, state: MemberState) -> GrpcUpstream:
+        return GrpcUpstream(state.member.address, max_message_bytes=self.settings.max_message_bytes,
+                            name=state.member.id)
+
+    def _disconnect(self, upstream: GrpcUpstream) -> None:
+        task = asyncio.ensure_future(upstream.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def _count_attempt(self, endpoint: str, code: str) -> None:
+        self.metrics.upstream.labels(endpoint, code).inc()
+        if code != "OK":
+            self.metrics.retries.inc()
+
+    async def start(self) -> dict[str, Any]:
+        s = self.settings
+        backend = ForwardingBackend(self.dispatcher, name="fogline-edge", tier="device",
+                                    ready=lambda: bool(self.pool.endpoints))
+        self._server, self._health = create_server(v2_handler(backend, self.metrics),
+                                                   max_message_bytes=s.max_message_bytes)
+        control = ControlServicer(self.registry, region=s.region, services=frozenset({"device"}))
+        self._control, _ = create_server(registrars=[add_control(control)],
+                                         max_message_bytes=CONTROL_MAX_MESSAGE_BYTES)
+        grpc_port = bind(self._server, s.host, s.grpc_port)
+        control_port = bind(self._control, s.host, s.control_port)
+        await self._control.start()
+        await self._server.start()
+        await set_serving(self._health, True)
+        self._expiry = asyncio.create_task(self._expire_loop(), name="expire")
+        self._http, http_port = await start_http(self, self.metrics, s.host, s.http_port)
+        advertise = s.advertise_host or s.host
+        self.endpoints = {"id": s.edge_id, "region": s.region, "grpc": f"{advertise}:{grpc_port}",
+                          "control": f"{advertise}:{control_port}", "http": f"{advertise}:{http_port}"}
+        return dict(self.endpoints)
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.member_ttl_s / 4)
+            self.registry.expire()
+
+    def readiness(self) -> tuple[bool, str]:
+        if not self.pool.endpoints:
+            return False, f"no device node registered in region {self.settings.region!r}"
+        return True, ""
+
+    def status(self) -> dict[str, Any]:
+        devices = []
+        for state in self.registry.members("device"):
+            m = state.member
+            endpoint = self.pool.endpoints.get(m.id)
+            devices.append({
+                "id": m.id, "address": m.address, "http": m.http_address, "models": sorted(m.models),
+                "capacity": m.capacity,
+                "load": {"in_flight": state.load.in_flight, "queue_depth": state.load.queue_depth},
+                "outstanding": endpoint.outstanding if endpoint else 0,
+                "cooling_down": bool(endpoint and endpoint.cooldown_until > time.monotonic()),
+            })
+        return {"tier": "edge", **self.endpoints, "ready": self.readiness()[0],
+                "models": self.pool.models(), "devices": devices}
+
+    async def drain(self) -> None:
+        await set_serving(self._health, False)
+        await self._server.stop(self.settings.drain_grace_s)
+        self._expiry.cancel()
+        await self._control.stop(1.0)
+        await self._http.cleanup()
+        self.pool.close()
+        await asyncio.gather(*self._closing, return_exceptions=True)

@@ -1,0 +1,32 @@
+"""Fogline: hierarchical edge-cloud inference.
+
+The client SDK is :class:`fogline.Client` (asyncio) and :class:`fogline.SyncClient`.
+"""
+
+__version__ = "0.1.0"
+
+from fogline.errors import (  # noqa: E402
+    DeadlineExceededError,
+    ErrorCode,
+    FoglineError,
+    InternalError,
+    InvalidInputError,
+    ModelNotFoundError,
+    OverloadedError,
+    UnavailableError,
+)
+
+__all__ = [
+    "Client", "DeadlineExceededError", "ErrorCode", "FoglineError", "InferResult", "InternalError",
+    "InvalidInputError", "ModelNotFoundError", "OverloadedError", "SyncClient", "UnavailableError",
+    "__version__",
+]
+
+
+def __getattr__(name: str) -> object:
+    # NOTE: the SDK pulls in grpc; importing the core (fogline.batching, ...) must not.
+    if name in ("Client", "SyncClient", "InferResult"):
+        from fogline import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'fogline' has no attribute {name!r}")

@@ -1,0 +1,1 @@
+"""Generated gRPC code for protos/ (tools/gen_protos.py). Do not edit."""

@@ -1,0 +1,213 @@
+"""Dynamic batching: concurrent requests with compatible shapes run as one batch.
+
+The batcher is event-driven. When a request arrives or a batch finishes, it forms the next batch
+from the queue — the oldest request plus every queued request whose non-batch shape and dtypes
+match, up to ``max_batch_size`` rows — and runs it in the executor. Under light load a request
+runs at once; under load requests pile up while a batch runs and go together in the next one.
+``max_queue_delay_us`` optionally holds a short batch back to wait for company.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+
+from fogline.errors import DeadlineExceededError, FoglineError, InternalError, OverloadedError
+
+Tensors = dict[str, np.ndarray]
+RunFn = Callable[[Tensors], Tensors]
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchingSettings:
+    max_batch_size: int = 0
+    """Most rows in one run; 0 means the model has no batch dimension and requests run one by one."""
+    max_queue_delay_us: int = 0
+    """How long a batch smaller than max_batch_size may wait for more requests (0 = never wait)."""
+    max_queue_size: int = 256
+    """Requests that may wait; beyond it a request is refused with RESOURCE_EXHAUSTED."""
+    instances: int = 1
+    """Batches of this model that may run at once."""
+
+
+class _Pending:
+    __slots__ = ("deadline", "enqueued", "future", "inputs", "key", "rows")
+
+    def __init__(self, inputs: Tensors, rows: int, key: object, future: asyncio.Future[Tensors],
+                 deadline: float | None, enqueued: float) -> None:
+        self.inputs = inputs
+        self.rows = rows
+        self.key = key
+        self.future = future
+        self.deadline = deadline
+        self.enqueued = enqueued
+
+
+@dataclass
+class BatchStats:
+    batches: int = 0
+    requests: int = 0
+    rows: int = 0
+    largest_batch: int = 0
+    expired: int = 0
+    rejected: int = 0
+
+
+class DynamicBatcher:
+    """Queues requests for one model and runs them in batches through ``run`` (a blocking call)."""
+
+    def __init__(self, name: str, run: RunFn, settings: BatchingSettings, *,
+                 executor: Executor | None = None, clock: Callable[[], float] = time.monotonic,
+                 on_batch: Callable[[int, int, float], None] | None = None) -> None:
+        self.name = name
+        self.settings = settings
+        self.stats = BatchStats()
+        self._run = run
+        self._executor = executor
+        self._clock = clock
+        self._on_batch = on_batch
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._running = 0
+        self._running_requests = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._flush = False  # the queue delay of the oldest request is over
+        self._batch_time_s = 0.001  # moving average, for the retry hint
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def in_flight(self) -> int:
+        return self._running_requests
+
+    async def infer(self, inputs: Tensors, *, deadline: float | None = None) -> Tensors:
+        """Run ``inputs`` (already validated) in some batch; their rows come back in order."""
+        if len(self._queue) >= self.settings.max_queue_size:
+            self.stats.rejected += 1
+            raise OverloadedError(
+                f"model {self.name!r} is overloaded: {len(self._queue)} requests queued "
+                f"(max_queue_size {self.settings.max_queue_size}); retry later or add capacity",
+                retry_after_s=round(self._batch_time_s * 2, 4),
+            )
+        first = next(iter(inputs.values()))
+        if self.settings.max_batch_size > 0:
+            key: object = tuple((n, a.shape[1:], a.dtype.str) for n, a in inputs.items())
+            rows = first.shape[0]
+        else:
+            key, rows = object(), 1  # a key equal to nothing else: never combined
+        future: asyncio.Future[Tensors] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(inputs, rows, key, future, deadline, self._clock()))
+        self._dispatch()
+        return await future
+
+    def _dispatch(self) -> None:
+        while self._running < self.settings.instances and self._queue:
+            batch = self._take_batch()
+            if batch is None:
+                return
+            if batch:
+                self._running += 1
+                self._running_requests += len(batch)
+                asyncio.ensure_future(self._run_batch(batch))
+
+    def _take_batch(self) -> list[_Pending] | None:
+        """The next batch; [] if only dead requests were queued; None to wait for company."""
+        now = self._clock()
+        limit = max(self.settings.max_batch_size, 1)
+        batch: list[_Pending] = []
+        rest: collections.deque[_Pending] = collections.deque()
+        rows = 0
+        while self._queue:
+            item = self._queue.popleft()
+            if item.future.done():  # caller gave up
+                continue
+            if item.deadline is not None and now >= item.deadline:
+                self.stats.expired += 1
+                item.future.set_exception(DeadlineExceededError(
+                    f"deadline passed while queued for model {self.name!r}"))
+                continue
+            if (batch and item.key != batch[0].key) or rows + item.rows > limit:
+                rest.append(item)
+                if rows >= limit:
+                    break
+                continue
+            batch.append(item)
+            rows += item.rows
+        rest.extend(self._queue)
+        self._queue = rest
+        delay_s = self.settings.max_queue_delay_us / 1e6
+        if batch and rows < limit and not self._flush and now < batch[0].enqueued + delay_s:
+            # Hold the batch back for company; put it back in front, in order.
+            self._queue.extendleft(reversed(batch))
+            if self._timer is None:
+                loop = asyncio.get_running_loop()
+                self._timer = loop.call_later(batch[0].enqueued + delay_s - now, self._on_timer)
+            return None
+        self._flush = False
+        return batch
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._flush = True
+        self._dispatch()
+
+    async def _run_batch(self, batch: list[_Pending]) -> None:
+        started = self._clock()
+        try:
+            loop = asyncio.get_running_loop()
+            results = await loop.run_in_executor(self._executor, self._run_split, batch)
+        except Exception as exc:
+            err = exc if isinstance(exc, FoglineError) else InternalError(
+                f"model {self.name!r} failed to run: {type(exc).__name__}: {exc}")
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(err)
+        else:
+            for item, result in zip(batch, results, strict=True):
+                if not item.future.done():
+                    item.future.set_result(result)
+        finally:
+            elapsed = self._clock() - started
+            self._batch_time_s += 0.2 * (elapsed - self._batch_time_s)
+            self._record(batch, elapsed)
+            self._running -= 1
+            self._running_requests -= len(batch)
+            self._dispatch()
+
+    def _record(self, batch: list[_Pending], elapsed_s: float) -> None:
+        rows = sum(item.rows for item in batch)
+        stats = self.stats
+        stats.batches += 1
+        stats.requests += len(batch)
+        stats.rows += rows
+        stats.largest_batch = max(stats.largest_batch, len(batch))
+        if self._on_batch is not None:
+            self._on_batch(len(batch), rows, elapsed_s)
+
+    def _run_split(self, batch: list[_Pending]) -> list[Tensors]:
+        """Concatenate, run and split, off the event loop."""
+        if len(batch) == 1:
+            return [self._run(batch[0].inputs)]
+        names = batch[0].inputs.keys()
+        feeds = {n: np.concatenate([item.inputs[n] for item in batch]) for n in names}
+        outputs = self._run(feeds)
+        total = sum(item.rows for item in batch)
+        for name, value in outputs.items():
+            if value.ndim == 0 or value.shape[0] != total:
+                raise InternalError(
+                    f"model {self.name!r} output {name!r} has shape {list(value.shape)}, not batch-major "
+                    f"over {total} rows; set max_batch_size = 0 for this model")
+        results: list[Tensors] = []
+        start = 0
+        for item in batch:
+            end = start + item.rows
+            results.append({n: v[start:end] for n, v in outputs.items()})
+            start = end
+        return results

@@ -1,0 +1,151 @@
+"""The ``fogline`` command: run a tier, the whole local stack, or one inference request."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_HOME = Path(os.environ.get("FOGLINE_HOME", Path.home() / ".fogline"))
+MiB = 1024 * 1024
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--region", default="default", help="region this process serves (default: default)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
+    p.add_argument("--advertise-host", help="address peers use to reach this process (default: --host)")
+    p.add_argument("--grpc-port", type=int, default=0, help="V2 inference port (0 = any free port)")
+    p.add_argument("--http-port", type=int, default=0, help="REST status port (0 = any free port)")
+    p.add_argument("--max-message-mb", type=int, default=64, help="largest request accepted, MiB (default 64)")
+    p.add_argument("--drain-grace-s", type=float, default=10.0, help="time to finish in-flight work on SIGTERM")
+    p.add_argument("--ready-file", type=Path, help="write the bound endpoints here as JSON once serving")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fogline", description=__doc__)
+    parser.add_argument("--log-level", default=os.environ.get("FOGLINE_LOG_LEVEL", "INFO"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    device = sub.add_parser("device", help="run a device node (ONNX Runtime)")
+    _common(device)
+    device.add_argument("--models", type=Path, required=True, help="model repository directory")
+    device.add_argument("--model", action="append", dest="only", help="load only this model (repeatable)")
+    device.add_argument("--id", help="node id, unique in the region (default: device-<hostname>)")
+    device.add_argument("--master", help="edge master control address host:port (omit to run stand-alone)")
+    device.add_argument("--providers", help="comma-separated ONNX Runtime providers, best first")
+
+    edge = sub.add_parser("edge", help="run an edge master for a region")
+    _common(edge)
+    edge.add_argument("--id", help="edge id (default: edge-<hostname>)")
+    edge.add_argument("--control-port", type=int, default=0, help="control-plane port for device nodes")
+    edge.add_argument("--member-ttl-s", type=float, default=3.0, help="drop a device silent this long")
+
+    up = sub.add_parser("up", help="start a whole local stack with sample models")
+    up.add_argument("--workdir", type=Path, default=DEFAULT_HOME, help=f"models, logs, state (default {DEFAULT_HOME})")
+    up.add_argument("--edge-port", type=int, default=8001, help="edge master V2 gRPC port (0 = any)")
+    up.add_argument("--edge-http-port", type=int, default=8000, help="edge master REST port (0 = any)")
+    up.add_argument("--devices", type=int, default=2, help="device nodes to start (default 2)")
+
+    infer = sub.add_parser("infer", help="send one request and print the result and where it ran")
+    infer.add_argument("--url", help="V2 endpoint host:port (default: the edge of the running `fogline up`)")
+    infer.add_argument("--state", type=Path, default=DEFAULT_HOME / "stack.json", help="state file of `fogline up`")
+    infer.add_argument("--model", default="mlp")
+    infer.add_argument("--input", type=Path, help=".npy file with the input (default: random data of the model's shape)")
+    infer.add_argument("--batch", type=int, default=1, help="rows of random input (default 1)")
+    infer.add_argument("--session", help="affinity key (fogline.session)")
+    infer.add_argument("--timeout-s", type=float, default=10.0)
+
+    samples = sub.add_parser("samples", help="build the sample model repository")
+    samples.add_argument("directory", type=Path)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return {"device": _device, "edge": _edge, "up": _up, "infer": _infer, "samples": _samples}[args.command](args)
+
+
+def _device(args: argparse.Namespace) -> int:
+    from device_node import DeviceNode, DeviceSettings
+    from fogline.service import run
+
+    settings = DeviceSettings(
+        model_repository=args.models, models=tuple(args.only) if args.only else None, region=args.region,
+        host=args.host, advertise_host=args.advertise_host, grpc_port=args.grpc_port, http_port=args.http_port,
+        master=args.master, max_message_bytes=args.max_message_mb * MiB, drain_grace_s=args.drain_grace_s,
+        providers=args.providers.split(",") if args.providers else None,
+    )
+    if args.id:
+        settings.node_id = args.id
+    return run(DeviceNode(settings), args.ready_file)
+
+
+def _edge(args: argparse.Namespace) -> int:
+    from edge_master import EdgeMaster, EdgeSettings
+    from fogline.service import run
+
+    settings = EdgeSettings(
+        region=args.region, host=args.host, advertise_host=args.advertise_host, grpc_port=args.grpc_port,
+        control_port=args.control_port, http_port=args.http_port, max_message_bytes=args.max_message_mb * MiB,
+        member_ttl_s=args.member_ttl_s, drain_grace_s=args.drain_grace_s,
+    )
+    if args.id:
+        settings.edge_id = args.id
+    return run(EdgeMaster(settings), args.ready_file)
+
+
+def _up(args: argparse.Namespace) -> int:
+    from fogline.stack import LocalStack
+
+    return LocalStack(args.workdir, edge_port=args.edge_port, edge_http_port=args.edge_http_port,
+                      devices=args.devices).run()
+
+
+def _samples(args: argparse.Namespace) -> int:
+    from fogline.samples import build_sample_repository
+
+    print(build_sample_repository(args.directory, force=True))
+    return 0
+
+
+def _infer(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from fogline.client import SyncClient
+    from fogline.datatypes import numpy_dtype
+    from fogline.errors import FoglineError
+
+    url = args.url
+    if url is None:
+        if not args.state.is_file():
+            print(f"no --url given and no running stack ({args.state} not found); start one with `fogline up`",
+                  file=sys.stderr)
+            return 2
+        url = json.loads(args.state.read_text())["edge"]["grpc"]
+    with SyncClient(url, timeout_s=args.timeout_s) as client:
+        try:
+            if args.input:
+                inputs = {"input": np.load(args.input)}
+            else:
+                meta = client.model_metadata(args.model)
+                rng = np.random.default_rng()
+                inputs = {t.name: rng.standard_normal([args.batch if d == -1 else d for d in t.shape])
+                          .astype(numpy_dtype(t.datatype)) for t in meta.inputs}
+            result = client.infer(args.model, inputs, session=args.session)
+        except FoglineError as err:
+            print(f"error: {err.code.value}: {err}", file=sys.stderr)
+            return 1
+    np.set_printoptions(precision=4, suppress=True, linewidth=120)
+    print(f"model {result.model} v{result.version} via {result.endpoint}: tier={result.tier} "
+          f"node={result.node} route={result.route}")
+    for name, value in result.outputs.items():
+        print(f"{name} {value.dtype} {list(value.shape)}:")
+        print(value)
+        if value.ndim == 2 and value.dtype.kind == "f":
+            print(f"argmax: {value.argmax(axis=1).tolist()}")
+    return 0

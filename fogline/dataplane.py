@@ -1,0 +1,86 @@
+"""The data plane of a process that runs models itself (device node, GPU worker).
+
+Protocol-independent: the gRPC adapter decodes a request into an :class:`InferRequest`, calls
+:meth:`LocalDataPlane.infer` and encodes what comes back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from fogline.batching import DynamicBatcher
+from fogline.errors import ModelNotFoundError
+from fogline.types import PARAM_NODE, PARAM_TIER, InferRequest, InferResponse, ModelSpec
+
+
+@dataclass
+class ServedModel:
+    """A loaded model: what it accepts, the batcher that runs it, and where it runs."""
+
+    spec: ModelSpec
+    batcher: DynamicBatcher
+    providers: list[str] = field(default_factory=list)
+
+
+class LocalDataPlane:
+    """Validates requests against the model specs and runs them through each model's batcher."""
+
+    def __init__(self, node_id: str, tier: str, models: Mapping[str, ServedModel], *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.node_id = node_id
+        self.tier = tier
+        self.models = dict(models)
+        self.clock = clock
+        self.draining = False  # readiness only: requests already routed here are still served
+        self._tags = {PARAM_TIER: tier, PARAM_NODE: node_id}
+
+    def model(self, name: str, version: str = "") -> ServedModel:
+        served = self.models.get(name)
+        if served is None:
+            raise ModelNotFoundError(
+                f"model {name!r} is not served by {self.node_id}; it serves {sorted(self.models)}")
+        if version and version != served.spec.version:
+            raise ModelNotFoundError(
+                f"model {name!r} version {version!r} is not loaded; loaded: {served.spec.version!r}")
+        return served
+
+    def ready(self) -> bool:
+        return bool(self.models) and not self.draining
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        served = self.model(request.model, request.version)
+        spec = served.spec
+        spec.check_inputs(request.inputs)
+        spec.check_outputs(request.outputs)
+        outputs = await served.batcher.infer(request.inputs, deadline=request.deadline)
+        if request.outputs:
+            outputs = {name: outputs[name] for name in request.outputs}
+        return InferResponse(model=spec.name, version=spec.version, id=request.id, outputs=outputs,
+                             parameters=dict(self._tags))
+
+    def load(self) -> tuple[int, int]:
+        """(requests running, requests queued) over all models."""
+        running = sum(m.batcher.in_flight for m in self.models.values())
+        queued = sum(m.batcher.queue_depth for m in self.models.values())
+        return running, queued
+
+    def status(self) -> dict[str, object]:
+        return {
+            name: {
+                "version": m.spec.version,
+                "providers": m.providers,
+                "max_batch_size": m.spec.max_batch_size,
+                "in_flight": m.batcher.in_flight,
+                "queue_depth": m.batcher.queue_depth,
+                "batches": m.batcher.stats.batches,
+                "requests": m.batcher.stats.requests,
+                "largest_batch": m.batcher.stats.largest_batch,
+                "mean_batch_size": round(m.batcher.stats.requests / m.batcher.stats.batches, 3)
+                if m.batcher.stats.batches else 0.0,
+                "rejected": m.batcher.stats.rejected,
+                "expired": m.batcher.stats.expired,
+            }
+            for name, m in self.models.items()
+        }

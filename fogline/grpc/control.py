@@ -1,0 +1,104 @@
+"""fogline.control.v1 over gRPC: the servicer on a master, and the client a child uses."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+
+from fogline._proto import control_pb2 as cpb
+from fogline._proto import control_pb2_grpc as cpb_grpc
+from fogline.errors import InvalidInputError
+from fogline.grpc.server import channel_options
+from fogline.grpc.status import from_rpc_error
+from fogline.grpc.v2 import abort
+from fogline.registry import EmbeddedRegistry, Load, Member
+
+CONTROL_MAX_MESSAGE_BYTES = 1024 * 1024
+
+
+def member_from_proto(m: cpb.Member) -> Member:
+    return Member(id=m.id, service=m.service, address=m.address, region=m.region,
+                  models=frozenset(m.models), capacity=m.capacity, http_address=m.http_address,
+                  meta=dict(m.meta))
+
+
+def member_to_proto(m: Member) -> cpb.Member:
+    return cpb.Member(id=m.id, service=m.service, address=m.address, region=m.region,
+                      models=sorted(m.models), capacity=m.capacity, http_address=m.http_address,
+                      meta=m.meta)
+
+
+class ControlServicer(cpb_grpc.ControlServicer):
+    """Registers children of a master into its embedded registry."""
+
+    def __init__(self, registry: EmbeddedRegistry, *, region: str, services: frozenset[str]) -> None:
+        self.registry = registry
+        self.region = region
+        self.services = services
+
+    async def Register(self, request: cpb.RegisterRequest, context: grpc.aio.ServicerContext) -> cpb.RegisterResponse:
+        m = request.member
+        try:
+            if not m.id or not m.address:
+                raise InvalidInputError("member id and address are required")
+            if m.service not in self.services:
+                raise InvalidInputError(f"service {m.service!r} cannot join here; expected {sorted(self.services)}")
+            if self.region and m.region and m.region != self.region:
+                raise InvalidInputError(f"member of region {m.region!r} cannot join region {self.region!r}")
+        except InvalidInputError as exc:
+            await abort(context, exc)
+        self.registry.register(member_from_proto(m))
+        return cpb.RegisterResponse(heartbeat_interval_ms=int(self.registry.heartbeat_interval_s * 1000),
+                                    ttl_ms=int(self.registry.ttl_s * 1000))
+
+    async def Heartbeat(self, request: cpb.HeartbeatRequest, context: grpc.aio.ServicerContext) -> cpb.HeartbeatResponse:
+        load = Load(in_flight=request.load.in_flight, queue_depth=request.load.queue_depth)
+        known = self.registry.heartbeat(request.id, load, request.models or None)
+        return cpb.HeartbeatResponse(known=known)
+
+    async def Deregister(self, request: cpb.DeregisterRequest, context: grpc.aio.ServicerContext) -> cpb.DeregisterResponse:
+        self.registry.deregister(request.id)
+        return cpb.DeregisterResponse()
+
+
+class GrpcControlClient:
+    """A child's end of the control plane (implements ``fogline.membership.ControlPlane``)."""
+
+    def __init__(self, address: str, *, timeout_s: float = 2.0) -> None:
+        self.address = address
+        self.timeout_s = timeout_s
+        self._channel = grpc.aio.insecure_channel(address, options=channel_options(CONTROL_MAX_MESSAGE_BYTES))
+        self._stub = cpb_grpc.ControlStub(self._channel)
+
+    async def register(self, member: Member) -> tuple[float, float]:
+        try:
+            reply = await self._stub.Register(cpb.RegisterRequest(member=member_to_proto(member)),
+                                              timeout=self.timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc, peer=f"master {self.address}") from None
+        return reply.heartbeat_interval_ms / 1000, reply.ttl_ms / 1000
+
+    async def heartbeat(self, member_id: str, load: Load, models: list[str]) -> bool:
+        request = cpb.HeartbeatRequest(id=member_id, load=cpb.Load(in_flight=load.in_flight,
+                                                                   queue_depth=load.queue_depth),
+                                       models=models)
+        try:
+            reply = await self._stub.Heartbeat(request, timeout=self.timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc, peer=f"master {self.address}") from None
+        return reply.known
+
+    async def deregister(self, member_id: str) -> None:
+        try:
+            await self._stub.Deregister(cpb.DeregisterRequest(id=member_id), timeout=self.timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc, peer=f"master {self.address}") from None
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+def add_control(servicer: ControlServicer) -> Callable[[grpc.aio.Server], None]:
+    """A registrar for ``create_server``."""
+    return lambda server: cpb_grpc.add_ControlServicer_to_server(servicer, server)

@@ -1,0 +1,85 @@
+"""The V2 backend of a master: route each request to an upstream and forward it as received."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from fogline._proto import inference_pb2 as pb
+from fogline.dispatch import Dispatcher
+from fogline.errors import FoglineError, ModelNotFoundError, UnavailableError
+from fogline.grpc.codec import set_parameters
+from fogline.grpc.upstream import GrpcUpstream
+from fogline.grpc.v2 import V2Backend
+from fogline.types import PARAM_ATTEMPTS, PARAM_NODE, PARAM_ROUTE, PARAM_SESSION, PARAM_TIER
+
+METADATA_TIMEOUT_S = 5.0
+
+
+class ForwardingBackend(V2Backend):
+    """Serves V2 by dispatching over a pool of :class:`GrpcUpstream` s.
+
+    The response bytes of the upstream are returned untouched with the routing parameters
+    appended: protobuf merges a repeated/map field across concatenated encodings, so
+    ``response + encoded(parameters)`` is the response with those parameters added.
+    """
+
+    def __init__(self, dispatcher: Dispatcher[bytes], *, name: str, tier: str,
+                 ready: Callable[[], bool]) -> None:
+        self.dispatcher = dispatcher
+        self.name = name
+        self.tier = tier
+        self._ready = ready
+        self._suffixes: dict[tuple[str, str, int], bytes] = {}
+
+    def ready(self) -> bool:
+        return self._ready()
+
+    def known_model(self, name: str) -> bool:
+        return bool(self.dispatcher.pool.for_model(name))
+
+    async def infer(self, data: bytes, request: pb.ModelInferRequest, deadline: float | None) -> bytes:
+        params = request.parameters
+        session = params[PARAM_SESSION].string_param if PARAM_SESSION in params else None
+        done = await self.dispatcher.infer(request.model_name, data, session=session, deadline=deadline)
+        return done.response + self._suffix(done.endpoint, "placement", done.attempts)
+
+    def _suffix(self, node: str, route: str, attempts: int) -> bytes:
+        key = (node, route, attempts)
+        suffix = self._suffixes.get(key)
+        if suffix is None:
+            msg = pb.ModelInferResponse()
+            set_parameters(msg.parameters, {PARAM_TIER: self.tier, PARAM_NODE: node, PARAM_ROUTE: route,
+                                            PARAM_ATTEMPTS: attempts})
+            suffix = msg.SerializeToString()
+            if len(self._suffixes) < 4096:
+                self._suffixes[key] = suffix
+        return suffix
+
+    async def _ask(self, name: str, call: Callable[[GrpcUpstream], object]) -> object:
+        """Ask the endpoints holding ``name`` in turn until one answers."""
+        endpoints = self.dispatcher.pool.for_model(name)
+        if not endpoints:
+            raise ModelNotFoundError(
+                f"model {name!r} is not served in {self.dispatcher.scope}; "
+                f"available: {self.dispatcher.pool.models()}")
+        last: FoglineError | None = None
+        for endpoint in sorted(endpoints, key=lambda e: e.load()):
+            try:
+                return await call(endpoint.upstream)  # type: ignore[misc]
+            except FoglineError as err:
+                last = err
+                if not isinstance(err, UnavailableError | asyncio.TimeoutError):
+                    raise
+        raise UnavailableError(f"no endpoint holding {name!r} answered: {last}")
+
+    async def model_metadata(self, name: str, version: str) -> pb.ModelMetadataResponse:
+        return await self._ask(name, lambda u: u.model_metadata(name, version, METADATA_TIMEOUT_S))  # type: ignore[return-value]
+
+    async def model_ready(self, name: str, version: str) -> bool:
+        if not self.dispatcher.pool.for_model(name):
+            return False
+        try:
+            return bool(await self._ask(name, lambda u: u.model_ready(name, version, METADATA_TIMEOUT_S)))
+        except FoglineError:
+            return False

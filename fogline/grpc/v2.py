@@ -1,0 +1,179 @@
+"""The V2 inference service (``inference.GRPCInferenceService``) as served by every tier.
+
+Every method takes the request's bytes and parses them itself, so garbage bytes are an
+INVALID_ARGUMENT with a clear message (grpc's own deserializer would make them INTERNAL), and an
+edge master can forward the original bytes untouched. What differs between tiers is a
+:class:`V2Backend`: a device node decodes and runs (:class:`LocalBackend`); an edge master routes
+and forwards (``fogline.grpc.forward``).
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from fogline import __version__
+from fogline._proto import inference_pb2 as pb
+from fogline.dataplane import LocalDataPlane
+from fogline.errors import ErrorCode, FoglineError, InvalidInputError
+from fogline.grpc.codec import decode_request, encode_response
+from fogline.grpc.status import TO_GRPC, as_fogline_error, trailing_metadata
+from fogline.metrics import UNKNOWN_MODEL, Metrics
+from fogline.types import ModelSpec
+
+log = logging.getLogger(__name__)
+
+SERVICE = "inference.GRPCInferenceService"
+
+
+class V2Backend(abc.ABC):
+    """What a tier does for each V2 call. ``deadline`` is on the ``time.monotonic`` clock."""
+
+    name: str = "fogline"
+
+    @abc.abstractmethod
+    def ready(self) -> bool: ...
+
+    @abc.abstractmethod
+    async def model_ready(self, name: str, version: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def model_metadata(self, name: str, version: str) -> pb.ModelMetadataResponse: ...
+
+    @abc.abstractmethod
+    async def infer(self, data: bytes, request: pb.ModelInferRequest, deadline: float | None) -> bytes:
+        """Serve one ModelInfer call; ``data`` is ``request`` serialized, as received."""
+
+    def known_model(self, name: str) -> bool:
+        """Whether ``name`` may be used as a metrics label (bounded cardinality)."""
+        return False
+
+
+def metadata_message(spec: ModelSpec) -> pb.ModelMetadataResponse:
+    msg = pb.ModelMetadataResponse(name=spec.name, versions=[spec.version], platform=spec.platform)
+    for specs, target in ((spec.inputs, msg.inputs), (spec.outputs, msg.outputs)):
+        for t in specs:
+            target.add(name=t.name, datatype=t.datatype, shape=t.shape)
+    return msg
+
+
+class LocalBackend(V2Backend):
+    """A process that runs the models itself."""
+
+    def __init__(self, dataplane: LocalDataPlane, name: str) -> None:
+        self.dataplane = dataplane
+        self.name = name
+
+    def ready(self) -> bool:
+        return self.dataplane.ready()
+
+    async def model_ready(self, name: str, version: str) -> bool:
+        try:
+            self.dataplane.model(name, version)
+        except FoglineError:
+            return False
+        return self.ready()
+
+    async def model_metadata(self, name: str, version: str) -> pb.ModelMetadataResponse:
+        return metadata_message(self.dataplane.model(name, version).spec)
+
+    async def infer(self, data: bytes, request: pb.ModelInferRequest, deadline: float | None) -> bytes:
+        req = decode_request(request)
+        req.deadline = deadline
+        resp = await self.dataplane.infer(req)
+        # Answer in kind: raw for raw requests (the fast path), typed contents for typed ones.
+        raw = bool(request.raw_input_contents) or not request.inputs
+        return encode_response(resp, raw=raw).SerializeToString()
+
+    def known_model(self, name: str) -> bool:
+        return name in self.dataplane.models
+
+
+def _parse(message_type: Any, data: bytes) -> Any:
+    try:
+        return message_type.FromString(data)
+    except DecodeError:
+        raise InvalidInputError(
+            f"request body is not a valid {message_type.DESCRIPTOR.full_name} message (protobuf decoding failed)"
+        ) from None
+
+
+def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+    err = as_fogline_error(exc)
+    if err.code is ErrorCode.INTERNAL:
+        log.warning("internal error serving a request", exc_info=exc)
+    trailers = trailing_metadata(err)
+    if trailers:
+        context.set_trailing_metadata(trailers)
+    await context.abort(TO_GRPC[err.code], err.message)
+
+
+def v2_handler(backend: V2Backend, metrics: Metrics) -> grpc.GenericRpcHandler:
+    """The generic handler that serves ``backend`` as ``inference.GRPCInferenceService``."""
+
+    async def model_infer(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        started = time.perf_counter()
+        model = UNKNOWN_MODEL
+        try:
+            request = _parse(pb.ModelInferRequest, data)
+            if backend.known_model(request.model_name):
+                model = request.model_name
+            out = await backend.infer(data, request, deadline_of(context))
+        except Exception as exc:
+            code = as_fogline_error(exc).code
+            metrics.observe(model if code is not ErrorCode.NOT_FOUND else UNKNOWN_MODEL, code.value,
+                            time.perf_counter() - started)
+            await abort(context, exc)
+            raise  # unreachable: abort raises
+        metrics.observe(model, "OK", time.perf_counter() - started)
+        return out
+
+    async def server_live(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return pb.ServerLiveResponse(live=True).SerializeToString()
+
+    async def server_ready(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return pb.ServerReadyResponse(ready=backend.ready()).SerializeToString()
+
+    async def server_metadata(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return pb.ServerMetadataResponse(name=backend.name, version=__version__).SerializeToString()
+
+    async def model_ready(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        try:
+            req = _parse(pb.ModelReadyRequest, data)
+            ready = await backend.model_ready(req.name, req.version)
+        except Exception as exc:
+            await abort(context, exc)
+            raise
+        return pb.ModelReadyResponse(ready=ready).SerializeToString()
+
+    async def model_metadata(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        try:
+            req = _parse(pb.ModelMetadataRequest, data)
+            msg = await backend.model_metadata(req.name, req.version)
+        except Exception as exc:
+            await abort(context, exc)
+            raise
+        return msg.SerializeToString()
+
+    methods: dict[str, Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]] = {
+        "ModelInfer": model_infer,
+        "ServerLive": server_live,
+        "ServerReady": server_ready,
+        "ServerMetadata": server_metadata,
+        "ModelReady": model_ready,
+        "ModelMetadata": model_metadata,
+    }
+    return grpc.method_handlers_generic_handler(
+        SERVICE, {name: grpc.unary_unary_rpc_method_handler(fn) for name, fn in methods.items()}
+    )

@@ -1,0 +1,67 @@
+"""The REST status server every process runs.
+
+- ``GET /healthz``: 200 while the process is alive.
+- ``GET /readyz``: 200 when it can serve; 503 with the reason otherwise.
+- ``GET /v1/status``: JSON — identity, models, load, peers.
+- ``GET /metrics``: Prometheus text format.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from fogline.errors import ErrorCode
+from fogline.metrics import Metrics
+
+HTTP_STATUS = {
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.INVALID_ARGUMENT: 400,
+    ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.RESOURCE_EXHAUSTED: 429,
+    ErrorCode.DEADLINE_EXCEEDED: 504,
+    ErrorCode.INTERNAL: 500,
+}
+
+
+class StatusSource(Protocol):
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, why not)."""
+
+    def status(self) -> dict[str, Any]: ...
+
+
+def create_app(source: StatusSource, metrics: Metrics) -> web.Application:
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"live": True})
+
+    async def readyz(request: web.Request) -> web.Response:
+        ready, reason = source.readiness()
+        return web.json_response({"ready": ready, "reason": reason}, status=200 if ready else 503)
+
+    async def status(request: web.Request) -> web.Response:
+        return web.json_response(source.status())
+
+    async def prometheus(request: web.Request) -> web.Response:
+        body = generate_latest(metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application(client_max_size=64 * 1024)  # status endpoints take no bodies
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/v1/status", status)
+    app.router.add_get("/metrics", prometheus)
+    return app
+
+
+async def start_http(source: StatusSource, metrics: Metrics, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Serve the status app on host:port (0 = any free port); the runner and the bound port."""
+    runner = web.AppRunner(create_app(source, metrics), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=False)
+    await site.start()
+    server = site._server  # NOTE: aiohttp exposes the bound port only through the server's sockets
+    bound = server.sockets[0].getsockname()[1] if server is not None and server.sockets else port
+    return runner, bound

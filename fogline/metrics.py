@@ -1,0 +1,67 @@
+"""Prometheus metrics of one process, in a registry of its own (so tests can run many processes' worth)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+UNKNOWN_MODEL = "_unknown"  # label for requests naming no served model: bounded cardinality
+
+GaugeSample = tuple[str, str, dict[str, str], float]
+
+
+class Metrics:
+    """Request, latency and batch metrics, plus gauges read from the process at scrape time."""
+
+    def __init__(self, tier: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.tier = tier
+        self.requests = Counter("fogline_requests", "Inference requests by model and result code",
+                                ["model", "code"], registry=self.registry)
+        self.latency = Histogram("fogline_request_duration_seconds", "Inference latency as served here",
+                                 ["model"], buckets=LATENCY_BUCKETS_S, registry=self.registry)
+        self.batch_size = Histogram("fogline_batch_size", "Requests per executed batch", ["model"],
+                                    buckets=BATCH_BUCKETS, registry=self.registry)
+        self.batch_duration = Histogram("fogline_batch_duration_seconds", "Time to run one batch",
+                                        ["model"], buckets=LATENCY_BUCKETS_S, registry=self.registry)
+        self.upstream = Counter("fogline_upstream_requests", "Requests sent to upstream endpoints by result",
+                                ["endpoint", "code"], registry=self.registry)
+        self.retries = Counter("fogline_retries", "Requests retried on another endpoint",
+                               registry=self.registry)
+
+    def observe(self, model: str, code: str, seconds: float) -> None:
+        self.requests.labels(model, code).inc()
+        if code == "OK":
+            self.latency.labels(model).observe(seconds)
+
+    def batch_observer(self, model: str) -> Callable[[int, int, float], None]:
+        size, duration = self.batch_size.labels(model), self.batch_duration.labels(model)
+
+        def observe(requests: int, rows: int, seconds: float) -> None:
+            size.observe(requests)
+            duration.observe(seconds)
+
+        return observe
+
+    def add_gauges(self, read: Callable[[], Iterable[GaugeSample]]) -> None:
+        """Register gauges whose values ``read`` returns as (name, help, labels, value) at scrape time."""
+        self.registry.register(_GaugeCollector(read))
+
+
+class _GaugeCollector(Collector):
+    def __init__(self, read: Callable[[], Iterable[GaugeSample]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        families: dict[str, GaugeMetricFamily] = {}
+        for name, help_text, labels, value in self._read():
+            family = families.get(name)
+            if family is None:
+                family = families[name] = GaugeMetricFamily(name, help_text, labels=list(labels))
+            family.add_metric(list(labels.values()), value)
+        return list(families.values())

@@ -1,0 +1,112 @@
+"""Membership: who serves what, with what load. The embedded registry a master holds for its children.
+
+Children register, heartbeat their load, and deregister when they drain; one that misses
+heartbeats for ``ttl_s`` is dropped by :meth:`EmbeddedRegistry.expire`. Watchers are called
+after every change of membership (not on plain load updates, which they read from the states).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Member:
+    id: str
+    service: str
+    address: str
+    region: str = ""
+    models: frozenset[str] = frozenset()
+    capacity: int = 0
+    http_address: str = ""
+    meta: dict[str, str] = field(default_factory=dict, hash=False)
+
+
+@dataclass(slots=True)
+class Load:
+    in_flight: int = 0
+    queue_depth: int = 0
+
+
+@dataclass(slots=True)
+class MemberState:
+    member: Member
+    load: Load
+    registered_at: float
+    last_seen: float
+
+
+class EmbeddedRegistry:
+    """Members of one scope (an edge master's region), kept alive by heartbeats."""
+
+    def __init__(self, *, ttl_s: float = 3.0, heartbeat_interval_s: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if heartbeat_interval_s >= ttl_s:
+            raise ValueError("heartbeat_interval_s must be shorter than ttl_s")
+        self.ttl_s = ttl_s
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self._clock = clock
+        self._states: dict[str, MemberState] = {}
+        self._watchers: list[Callable[[], None]] = []
+
+    def register(self, member: Member) -> None:
+        now = self._clock()
+        old = self._states.get(member.id)
+        if old is not None and old.member == member:
+            old.last_seen = now
+            return
+        self._states[member.id] = MemberState(member, Load(), now, now)
+        log.info("registered %s %s at %s (models %s)", member.service, member.id, member.address,
+                 sorted(member.models))
+        self._changed()
+
+    def heartbeat(self, member_id: str, load: Load, models: Iterable[str] | None = None) -> bool:
+        """Record a heartbeat; False if the member is unknown and must register again."""
+        state = self._states.get(member_id)
+        if state is None:
+            return False
+        state.last_seen = self._clock()
+        state.load = load
+        if models is not None and frozenset(models) != state.member.models:
+            m = state.member
+            state.member = Member(id=m.id, service=m.service, address=m.address, region=m.region,
+                                  models=frozenset(models), capacity=m.capacity,
+                                  http_address=m.http_address, meta=m.meta)
+            self._changed()
+        return True
+
+    def deregister(self, member_id: str) -> bool:
+        if self._states.pop(member_id, None) is None:
+            return False
+        log.info("deregistered %s", member_id)
+        self._changed()
+        return True
+
+    def expire(self) -> list[str]:
+        """Drop members not heard from for ``ttl_s``; their ids."""
+        cutoff = self._clock() - self.ttl_s
+        gone = [mid for mid, s in self._states.items() if s.last_seen < cutoff]
+        for mid in gone:
+            del self._states[mid]
+            log.warning("expired %s: no heartbeat for %.1fs", mid, self.ttl_s)
+        if gone:
+            self._changed()
+        return gone
+
+    def members(self, service: str | None = None) -> list[MemberState]:
+        return [s for s in self._states.values() if service is None or s.member.service == service]
+
+    def get(self, member_id: str) -> MemberState | None:
+        return self._states.get(member_id)
+
+    def watch(self, callback: Callable[[], None]) -> None:
+        self._watchers.append(callback)
+
+    def _changed(self) -> None:
+        for callback in self._watchers:
+            callback()
