@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fogline.batching import DynamicBatcher
 from fogline.dataplane import LocalDataPlane, ServedModel
 from fogline.grpc.control import GrpcControlClient
 from fogline.grpc.server import DEFAULT_MAX_MESSAGE_BYTES, bind, create_server, set_serving
 from fogline.grpc.v2 import LocalBackend, v2_handler
 from fogline.http import start_http
 from fogline.membership import MembershipLoop
-from fogline.metrics import Metrics
-from fogline.batching import DynamicBatcher
+from fogline.metrics import GaugeSample, Metrics
 from fogline.registry import Load, Member
 from fogline.repository import load_repository
 from fogline.runtime.onnx import OnnxRuntimeModel
@@ -102,9 +102,9 @@ class DeviceNode:
         running, queued = self.dataplane.load()
         return Load(in_flight=running, queue_depth=queued)
 
-    def _gauges(self) -> list[tuple[str, str, dict[str, str], float]]:
+    def _gauges(self) -> list[GaugeSample]:
         assert self.dataplane is not None
-        out = []
+        out: list[GaugeSample] = []
         for name, m in self.dataplane.models.items():
             out.append(("fogline_queue_depth", "Requests waiting for a batch", {"model": name},
                         m.batcher.queue_depth))

@@ -5,7 +5,7 @@ The client SDK is :class:`fogline.Client` (asyncio) and :class:`fogline.SyncClie
 
 __version__ = "0.1.0"
 
-from fogline.errors import (  # noqa: E402
+from fogline.errors import (
     DeadlineExceededError,
     ErrorCode,
     FoglineError,

@@ -77,6 +77,7 @@ class DynamicBatcher:
         self._running_requests = 0
         self._timer: asyncio.TimerHandle | None = None
         self._flush = False  # the queue delay of the oldest request is over
+        self._tasks: set[asyncio.Future[None]] = set()
         self._batch_time_s = 0.001  # moving average, for the retry hint
 
     @property
@@ -115,7 +116,9 @@ class DynamicBatcher:
             if batch:
                 self._running += 1
                 self._running_requests += len(batch)
-                asyncio.ensure_future(self._run_batch(batch))
+                task = asyncio.ensure_future(self._run_batch(batch))
+                self._tasks.add(task)  # NOTE: the loop keeps only weak references to tasks
+                task.add_done_callback(self._tasks.discard)
 
     def _take_batch(self) -> list[_Pending] | None:
         """The next batch; [] if only dead requests were queued; None to wait for company."""

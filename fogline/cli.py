@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--member-ttl-s", type=float, default=3.0, help="drop a device silent this long")
 
     up = sub.add_parser("up", help="start a whole local stack with sample models")
-    up.add_argument("--workdir", type=Path, default=DEFAULT_HOME, help=f"models, logs, state (default {DEFAULT_HOME})")
+    up.add_argument("--workdir", type=Path, default=DEFAULT_HOME,
+                    help=f"models, logs, state (default {DEFAULT_HOME})")
     up.add_argument("--edge-port", type=int, default=8001, help="edge master V2 gRPC port (0 = any)")
     up.add_argument("--edge-http-port", type=int, default=8000, help="edge master REST port (0 = any)")
     up.add_argument("--devices", type=int, default=2, help="device nodes to start (default 2)")
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--url", help="V2 endpoint host:port (default: the edge of the running `fogline up`)")
     infer.add_argument("--state", type=Path, default=DEFAULT_HOME / "stack.json", help="state file of `fogline up`")
     infer.add_argument("--model", default="mlp")
-    infer.add_argument("--input", type=Path, help=".npy file with the input (default: random data of the model's shape)")
+    infer.add_argument("--input", type=Path, help=".npy input (default: random data of the model's shape)")
     infer.add_argument("--batch", type=int, default=1, help="rows of random input (default 1)")
     infer.add_argument("--session", help="affinity key (fogline.session)")
     infer.add_argument("--timeout-s", type=float, default=10.0)

@@ -67,6 +67,8 @@ class Dispatcher(Generic[R]):
 
     def choose(self, model: str, session: str | None, tried: set[str]) -> Endpoint[Upstream[bytes, R]] | None:
         candidates = self.pool.for_model(model)
+        if not candidates and not self.pool.endpoints:
+            raise UnavailableError(f"no endpoint is registered in {self.scope}; none can serve {model!r}")
         if not candidates:
             raise ModelNotFoundError(
                 f"model {model!r} is not served in {self.scope}; available: {self.pool.models()}")

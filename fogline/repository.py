@@ -77,7 +77,7 @@ def load_model(model_dir: Path) -> ModelConfig:
     platform = raw.get("platform", "onnxruntime")
     if platform not in PLATFORM_FILES:
         raise ConfigError(f"{config_path}: platform {platform!r} is not one of {sorted(PLATFORM_FILES)}")
-    versions = sorted((int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()))
+    versions = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
     if not versions:
         raise ConfigError(f"{model_dir}: no version directory (e.g. {model_dir}/1/{PLATFORM_FILES[platform]})")
     version = str(versions[-1])

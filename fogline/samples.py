@@ -9,8 +9,12 @@ Weights come from a seeded generator, so every build is byte-identical.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from onnx import GraphProto, TensorProto
 
 OPSET = 17
 IR_VERSION = 9  # loadable by every ONNX Runtime since 1.15
@@ -18,7 +22,7 @@ IR_VERSION = 9  # loadable by every ONNX Runtime since 1.15
 CNN_CHANNELS = ((3, 32, 1), (32, 64, 2), (64, 128, 2), (128, 128, 1), (128, 256, 2))
 
 
-def _write(model_dir: Path, graph: object, config: str) -> None:
+def _write(model_dir: Path, graph: GraphProto, config: str) -> None:
     from onnx import checker, helper, save
 
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="fogline")
@@ -29,7 +33,7 @@ def _write(model_dir: Path, graph: object, config: str) -> None:
     (model_dir / "config.toml").write_text(config)
 
 
-def _init(name: str, array: np.ndarray) -> object:
+def _init(name: str, array: np.ndarray) -> TensorProto:
     from onnx import numpy_helper
 
     return numpy_helper.from_array(array.astype(np.float32), name)
@@ -61,7 +65,8 @@ def build_cnn(model_dir: Path, seed: int = 2) -> None:
     from onnx import TensorProto, helper
 
     rng = np.random.default_rng(seed)
-    inits, nodes, prev = [], [], "input"
+    inits: list[TensorProto] = []
+    nodes, prev = [], "input"
     for i, (cin, cout, stride) in enumerate(CNN_CHANNELS):
         inits += [_init(f"c{i}w", rng.normal(0, (2 / (cin * 9)) ** 0.5, (cout, cin, 3, 3))),
                   _init(f"c{i}b", np.zeros(cout))]

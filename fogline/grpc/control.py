@@ -37,13 +37,15 @@ class ControlServicer(cpb_grpc.ControlServicer):
         self.region = region
         self.services = services
 
-    async def Register(self, request: cpb.RegisterRequest, context: grpc.aio.ServicerContext) -> cpb.RegisterResponse:
+    async def Register(self, request: cpb.RegisterRequest,
+                       context: grpc.aio.ServicerContext) -> cpb.RegisterResponse:
         m = request.member
         try:
             if not m.id or not m.address:
                 raise InvalidInputError("member id and address are required")
             if m.service not in self.services:
-                raise InvalidInputError(f"service {m.service!r} cannot join here; expected {sorted(self.services)}")
+                raise InvalidInputError(
+                    f"service {m.service!r} cannot join here; expected {sorted(self.services)}")
             if self.region and m.region and m.region != self.region:
                 raise InvalidInputError(f"member of region {m.region!r} cannot join region {self.region!r}")
         except InvalidInputError as exc:
@@ -52,12 +54,14 @@ class ControlServicer(cpb_grpc.ControlServicer):
         return cpb.RegisterResponse(heartbeat_interval_ms=int(self.registry.heartbeat_interval_s * 1000),
                                     ttl_ms=int(self.registry.ttl_s * 1000))
 
-    async def Heartbeat(self, request: cpb.HeartbeatRequest, context: grpc.aio.ServicerContext) -> cpb.HeartbeatResponse:
+    async def Heartbeat(self, request: cpb.HeartbeatRequest,
+                        context: grpc.aio.ServicerContext) -> cpb.HeartbeatResponse:
         load = Load(in_flight=request.load.in_flight, queue_depth=request.load.queue_depth)
         known = self.registry.heartbeat(request.id, load, request.models or None)
         return cpb.HeartbeatResponse(known=known)
 
-    async def Deregister(self, request: cpb.DeregisterRequest, context: grpc.aio.ServicerContext) -> cpb.DeregisterResponse:
+    async def Deregister(self, request: cpb.DeregisterRequest,
+                         context: grpc.aio.ServicerContext) -> cpb.DeregisterResponse:
         self.registry.deregister(request.id)
         return cpb.DeregisterResponse()
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from fogline._proto import inference_pb2 as pb
 from fogline.dispatch import Dispatcher
@@ -14,6 +14,7 @@ from fogline.grpc.v2 import V2Backend
 from fogline.types import PARAM_ATTEMPTS, PARAM_NODE, PARAM_ROUTE, PARAM_SESSION, PARAM_TIER
 
 METADATA_TIMEOUT_S = 5.0
+T = TypeVar("T")
 
 
 class ForwardingBackend(V2Backend):
@@ -56,7 +57,7 @@ class ForwardingBackend(V2Backend):
                 self._suffixes[key] = suffix
         return suffix
 
-    async def _ask(self, name: str, call: Callable[[GrpcUpstream], object]) -> object:
+    async def _ask(self, name: str, call: Callable[[GrpcUpstream], Awaitable[T]]) -> T:
         """Ask the endpoints holding ``name`` in turn until one answers."""
         endpoints = self.dispatcher.pool.for_model(name)
         if not endpoints:
@@ -66,20 +67,20 @@ class ForwardingBackend(V2Backend):
         last: FoglineError | None = None
         for endpoint in sorted(endpoints, key=lambda e: e.load()):
             try:
-                return await call(endpoint.upstream)  # type: ignore[misc]
+                return await call(endpoint.upstream)  # type: ignore[arg-type]
             except FoglineError as err:
                 last = err
-                if not isinstance(err, UnavailableError | asyncio.TimeoutError):
+                if not isinstance(err, UnavailableError):
                     raise
         raise UnavailableError(f"no endpoint holding {name!r} answered: {last}")
 
     async def model_metadata(self, name: str, version: str) -> pb.ModelMetadataResponse:
-        return await self._ask(name, lambda u: u.model_metadata(name, version, METADATA_TIMEOUT_S))  # type: ignore[return-value]
+        return await self._ask(name, lambda u: u.model_metadata(name, version, METADATA_TIMEOUT_S))
 
     async def model_ready(self, name: str, version: str) -> bool:
         if not self.dispatcher.pool.for_model(name):
             return False
         try:
-            return bool(await self._ask(name, lambda u: u.model_ready(name, version, METADATA_TIMEOUT_S)))
+            return await self._ask(name, lambda u: u.model_ready(name, version, METADATA_TIMEOUT_S))
         except FoglineError:
             return False

@@ -62,6 +62,4 @@ async def start_http(source: StatusSource, metrics: Metrics, host: str, port: in
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=False)
     await site.start()
-    server = site._server  # NOTE: aiohttp exposes the bound port only through the server's sockets
-    bound = server.sockets[0].getsockname()[1] if server is not None and server.sockets else port
-    return runner, bound
+    return runner, int(runner.addresses[0][1])

@@ -1,0 +1,74 @@
+"""The SDK against real servers: failover across endpoints, deadlines, the sync wrapper."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import grpc
+import numpy as np
+import pytest
+
+from device_node import DeviceNode, DeviceSettings
+from fogline import Client, SyncClient
+from fogline.errors import DeadlineExceededError, UnavailableError
+from fogline.grpc.server import bind
+
+X = {"input": np.ones((1, 64), np.float32)}
+
+
+@pytest.fixture
+async def dead_address() -> str:
+    """An address where a server was and no longer is."""
+    server = grpc.aio.server()
+    port = bind(server, "127.0.0.1", 0)
+    await server.start()
+    await server.stop(None)
+    return f"127.0.0.1:{port}"
+
+
+async def test_the_client_fails_over_to_the_next_endpoint_and_stays_there(device: DeviceNode, dead_address: str) -> None:
+    async with Client([dead_address, device.endpoints["grpc"]], timeout_s=5) as client:
+        first = await client.infer("mlp", X)
+        assert first.endpoint == device.endpoints["grpc"]
+        second = await client.infer("mlp", X)
+        assert second.endpoint == device.endpoints["grpc"]
+
+
+async def test_every_endpoint_down_is_unavailable_naming_them(dead_address: str) -> None:
+    async with Client([dead_address, dead_address], timeout_s=5) as client:
+        with pytest.raises(UnavailableError, match=f"no endpoint answered: {dead_address}"):
+            await client.infer("mlp", X)
+
+
+async def test_a_call_that_outlives_its_timeout_is_deadline_exceeded(device: DeviceNode) -> None:
+    async with Client(device.endpoints["grpc"]) as client:
+        with pytest.raises(DeadlineExceededError):
+            await client.infer("cnn", {"input": np.ones((32, 3, 64, 64), np.float32)}, timeout_s=0.001)
+        assert (await client.infer("mlp", X)).outputs["logits"].shape == (1, 10)
+
+
+def test_the_sync_client_works_without_an_event_loop(sample_models) -> None:
+    ready = threading.Event()
+    box: dict[str, object] = {}
+
+    async def serve() -> None:
+        node = DeviceNode(DeviceSettings(model_repository=sample_models, node_id="sync"))
+        box["address"] = (await node.start())["grpc"]
+        box["stop"] = stop = asyncio.Event()
+        box["loop"] = asyncio.get_running_loop()
+        ready.set()
+        await stop.wait()
+        await node.drain()
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),))
+    thread.start()
+    try:
+        assert ready.wait(30)
+        with SyncClient(str(box["address"])) as client:
+            result = client.infer("mlp", X, session="s")
+            assert result.outputs["logits"].shape == (1, 10) and result.node == "sync"
+            assert client.model_ready("mlp")
+    finally:
+        box["loop"].call_soon_threadsafe(box["stop"].set)  # type: ignore[union-attr]
+        thread.join(30)

@@ -1,0 +1,197 @@
+"""DynamicBatcher: batches what is compatible, bounds its queue, honours deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from fogline.batching import BatchingSettings, DynamicBatcher
+from fogline.errors import DeadlineExceededError, InternalError, OverloadedError
+
+
+class GatedModel:
+    """A model that doubles its input, records batch sizes, and can be held mid-run."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.entered.set()
+        assert self.gate.wait(5)
+        self.batches.append(feeds["x"].shape[0])
+        return {"y": feeds["x"] * 2}
+
+
+@pytest.fixture
+def executor():
+    with ThreadPoolExecutor(4) as pool:
+        yield pool
+
+
+def rows(n: int, value: float = 1.0, width: int = 3) -> dict[str, np.ndarray]:
+    return {"x": np.full((n, width), value, np.float32)}
+
+
+async def test_a_lone_request_runs_at_once_without_waiting(executor) -> None:
+    model = GatedModel()
+    batcher = DynamicBatcher("m", model, BatchingSettings(max_batch_size=8), executor=executor)
+    out = await asyncio.wait_for(batcher.infer(rows(2, 3.0)), 2)
+    np.testing.assert_array_equal(out["y"], np.full((2, 3), 6.0))
+    assert model.batches == [2]
+
+
+async def test_requests_queued_behind_a_running_batch_go_together_and_split_back_in_order(executor) -> None:
+    model = GatedModel()
+    batcher = DynamicBatcher("m", model, BatchingSettings(max_batch_size=16), executor=executor)
+    model.gate.clear()
+    first = asyncio.ensure_future(batcher.infer(rows(1, 0.0)))
+    await asyncio.get_running_loop().run_in_executor(None, model.entered.wait, 2)
+    rest = [asyncio.ensure_future(batcher.infer(rows(1 + i % 2, float(i)))) for i in range(6)]
+    await asyncio.sleep(0)
+    assert batcher.queue_depth == 6
+    model.gate.set()
+    results = await asyncio.wait_for(asyncio.gather(first, *rest), 5)
+    assert model.batches == [1, 9]  # the six waiting requests (9 rows) ran as one batch
+    for i, out in enumerate(results[1:]):
+        np.testing.assert_array_equal(out["y"], np.full((1 + i % 2, 3), 2.0 * i))
+    assert batcher.stats.batches == 2 and batcher.stats.requests == 7 and batcher.stats.largest_batch == 6
+
+
+async def test_batches_respect_max_batch_size_and_never_mix_shapes(executor) -> None:
+    model = GatedModel()
+    batcher = DynamicBatcher("m", model, BatchingSettings(max_batch_size=4), executor=executor)
+    model.gate.clear()
+    first = asyncio.ensure_future(batcher.infer(rows(1)))
+    await asyncio.get_running_loop().run_in_executor(None, model.entered.wait, 2)
+    wide = [asyncio.ensure_future(batcher.infer(rows(1, width=5))) for _ in range(2)]
+    narrow = [asyncio.ensure_future(batcher.infer(rows(1))) for _ in range(6)]
+    await asyncio.sleep(0)
+    model.gate.set()
+    await asyncio.wait_for(asyncio.gather(first, *wide, *narrow), 5)
+    assert max(model.batches) <= 4
+    assert sum(model.batches) == 9
+    assert sorted(model.batches) == [1, 2, 2, 4]  # first; wide pair; narrow 4 + 2
+
+
+async def test_unbatched_model_runs_requests_one_by_one(executor) -> None:
+    model = GatedModel()
+    batcher = DynamicBatcher("m", model, BatchingSettings(max_batch_size=0), executor=executor)
+    await asyncio.gather(*(batcher.infer(rows(1)) for _ in range(5)))
+    assert model.batches == [1] * 5
+
+
+async def test_full_queue_is_refused_with_resource_exhausted_and_a_retry_hint(executor) -> None:
+    model = GatedModel()
+    batcher = DynamicBatcher("m", model, BatchingSettings(max_batch_size=1, max_queue_size=2), executor=executor)
+    model.gate.clear()
+    running = asyncio.ensure_future(batcher.infer(rows(1)))
+    await asyncio.get_running_loop().run_in_executor(None, model.entered.wait, 2)
+    queued = [asyncio.ensure_future(batcher.infer(rows(1))) for _ in range(2)]
+    await asyncio.sleep(0)
+    with pytest.raises(OverloadedError, match="max_queue_size 2") as info:
+        await batcher.infer(rows(1))
+    assert info.value.retry_after_s is not None and info.value.retry_after_s > 0
+    model.gate.set()
+    await asyncio.wait_for(asyncio.gather(running, *queued), 5)  # the others are served
+    assert batcher.stats.rejected == 1
+
+
+async def test_a_request_whose_deadline_passed_in_the_queue_is_dropped_unrun(executor) -> None:
+    now = [100.0]
+    model = GatedModel()
+    batcher = DynamicBatcher("m", model, BatchingSettings(max_batch_size=4), executor=executor,
+                             clock=lambda: now[0])
+    model.gate.clear()
+    running = asyncio.ensure_future(batcher.infer(rows(1)))
+    await asyncio.get_running_loop().run_in_executor(None, model.entered.wait, 2)
+    late = asyncio.ensure_future(batcher.infer(rows(1), deadline=100.5))
+    on_time = asyncio.ensure_future(batcher.infer(rows(1), deadline=200.0))
+    await asyncio.sleep(0)
+    now[0] = 101.0
+    model.gate.set()
+    with pytest.raises(DeadlineExceededError):
+        await asyncio.wait_for(late, 5)
+    await asyncio.wait_for(asyncio.gather(running, on_time), 5)
+    assert model.batches == [1, 1]
+    assert batcher.stats.expired == 1
+
+
+async def test_a_failing_run_fails_every_request_of_the_batch_and_the_batcher_keeps_going(executor) -> None:
+    calls = []
+
+    def flaky(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return {"y": feeds["x"]}
+
+    batcher = DynamicBatcher("m", flaky, BatchingSettings(max_batch_size=4), executor=executor)
+    with pytest.raises(InternalError, match="model 'm' failed to run: RuntimeError: boom"):
+        await batcher.infer(rows(1))
+    out = await batcher.infer(rows(1))
+    assert out["y"].shape == (1, 3)
+    assert batcher.in_flight == 0 and batcher.queue_depth == 0
+
+
+async def test_queue_delay_holds_a_short_batch_back_for_company(executor) -> None:
+    model = GatedModel()
+    batcher = DynamicBatcher("m", model, BatchingSettings(max_batch_size=8, max_queue_delay_us=200_000),
+                             executor=executor)
+    first = asyncio.ensure_future(batcher.infer(rows(1)))
+    await asyncio.sleep(0.01)
+    assert model.batches == []  # held back, waiting for company
+    second = asyncio.ensure_future(batcher.infer(rows(1)))
+    await asyncio.wait_for(asyncio.gather(first, second), 5)
+    assert model.batches == [2]
+
+
+async def test_a_full_batch_does_not_wait_for_the_queue_delay(executor) -> None:
+    model = GatedModel()
+    batcher = DynamicBatcher("m", model, BatchingSettings(max_batch_size=2, max_queue_delay_us=30_000_000),
+                             executor=executor)
+    await asyncio.wait_for(asyncio.gather(batcher.infer(rows(1)), batcher.infer(rows(1))), 5)
+    assert model.batches == [2]
+
+
+async def test_a_caller_that_gave_up_is_not_run(executor) -> None:
+    model = GatedModel()
+    batcher = DynamicBatcher("m", model, BatchingSettings(max_batch_size=1), executor=executor)
+    model.gate.clear()
+    running = asyncio.ensure_future(batcher.infer(rows(1)))
+    await asyncio.get_running_loop().run_in_executor(None, model.entered.wait, 2)
+    abandoned = asyncio.ensure_future(batcher.infer(rows(1)))
+    await asyncio.sleep(0)
+    abandoned.cancel()
+    model.gate.set()
+    await asyncio.wait_for(running, 5)
+    await asyncio.wait_for(batcher.infer(rows(1)), 5)
+    assert model.batches == [1, 1]  # the abandoned request never ran
+
+
+async def test_output_that_is_not_batch_major_is_an_internal_error_naming_the_fix(executor) -> None:
+    def bad(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"y": np.zeros(3)}
+
+    gate = threading.Event()
+
+    def slow_then_bad(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        gate.wait(5)
+        return bad(feeds)
+
+    batcher = DynamicBatcher("m", slow_then_bad, BatchingSettings(max_batch_size=4), executor=executor)
+    first = asyncio.ensure_future(batcher.infer(rows(1)))
+    await asyncio.sleep(0.01)
+    pair = [asyncio.ensure_future(batcher.infer(rows(1))) for _ in range(2)]
+    await asyncio.sleep(0)
+    gate.set()
+    await first
+    for fut in pair:
+        with pytest.raises(InternalError, match="max_batch_size = 0"):
+            await fut

@@ -1,0 +1,156 @@
+"""Dispatcher: retries elsewhere on UNAVAILABLE / RESOURCE_EXHAUSTED, within the deadline, never on bad input."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from fogline.dispatch import Dispatcher, DispatchSettings
+from fogline.errors import (
+    DeadlineExceededError,
+    FoglineError,
+    InvalidInputError,
+    ModelNotFoundError,
+    OverloadedError,
+    UnavailableError,
+)
+from fogline.registry import Load, Member, MemberState
+from fogline.routing import EndpointPool
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 50.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeUpstream:
+    """Implements fogline.dispatch.Upstream: answers, or fails with a given error."""
+
+    def __init__(self, name: str, error: FoglineError | None = None, clock: Clock | None = None,
+                 takes_s: float = 0.0) -> None:
+        self.name = name
+        self.error = error
+        self.calls: list[float | None] = []
+        self.clock = clock
+        self.takes_s = takes_s
+
+    async def infer(self, request: bytes, timeout_s: float | None) -> bytes:
+        self.calls.append(timeout_s)
+        if self.clock is not None:
+            self.clock.now += self.takes_s
+        if self.error is not None:
+            raise self.error
+        return self.name.encode() + b":" + request
+
+
+def make(upstreams: dict[str, FakeUpstream], models: tuple[str, ...] = ("m",), clock: Clock | None = None,
+         **settings: float) -> Dispatcher[bytes]:
+    pool: EndpointPool[FakeUpstream] = EndpointPool(lambda s: upstreams[s.member.id], lambda u: None)
+    pool.sync([MemberState(Member(id=n, service="device", address=f"{n}:1", models=frozenset(models)),
+                           Load(), 0.0, 0.0) for n in upstreams])
+    return Dispatcher(pool, "region 'r'", DispatchSettings(**settings), rng=random.Random(3),  # type: ignore[arg-type]
+                      clock=clock or Clock())
+
+
+async def test_a_request_that_fails_with_unavailable_is_retried_on_another_endpoint() -> None:
+    down = FakeUpstream("a", UnavailableError("a: connection refused"))
+    up = FakeUpstream("b")
+    dispatcher = make({"a": down, "b": up})
+    results = [await dispatcher.infer("m", b"x") for _ in range(20)]
+    assert {r.response for r in results} == {b"b:x"}
+    assert any(r.attempts == 2 for r in results)
+    assert len(down.calls) == 1  # after its failure a cools down and is passed over
+
+
+async def test_an_overloaded_endpoint_is_retried_elsewhere_without_cooling_down() -> None:
+    busy = FakeUpstream("a", OverloadedError("queue full"))
+    dispatcher = make({"a": busy, "b": FakeUpstream("b")})
+    for _ in range(10):
+        assert (await dispatcher.infer("m", b"x")).endpoint == "b"
+    assert dispatcher.pool.endpoints["a"].cooldown_until == 0.0
+
+
+@pytest.mark.parametrize("error", [InvalidInputError("bad shape"), ModelNotFoundError("no such version")])
+async def test_bad_input_is_never_retried(error: FoglineError) -> None:
+    a, b = FakeUpstream("a", error), FakeUpstream("b", error)
+    dispatcher = make({"a": a, "b": b})
+    with pytest.raises(type(error)):
+        await dispatcher.infer("m", b"x")
+    assert len(a.calls) + len(b.calls) == 1
+
+
+async def test_every_endpoint_down_is_unavailable_naming_the_last_failure() -> None:
+    dispatcher = make({n: FakeUpstream(n, UnavailableError(f"{n}: refused")) for n in "abc"}, max_attempts=3)
+    with pytest.raises(UnavailableError, match=r"failed on 3 endpoints in region 'r'; last: .: refused"):
+        await dispatcher.infer("m", b"x")
+
+
+async def test_unknown_model_is_not_found_and_lists_what_is_served() -> None:
+    dispatcher = make({"a": FakeUpstream("a")}, models=("mlp", "cnn"))
+    with pytest.raises(ModelNotFoundError, match=r"'resnet' is not served in region 'r'; available: \['cnn', 'mlp'\]"):
+        await dispatcher.infer("resnet", b"x")
+
+
+async def test_each_attempt_gets_only_what_is_left_of_the_deadline() -> None:
+    clock = Clock()
+    slow_down = FakeUpstream("a", UnavailableError("a: reset"), clock=clock, takes_s=0.4)
+    up = FakeUpstream("b", clock=clock)
+    dispatcher = make({"a": slow_down, "b": up}, clock=clock)
+    dispatcher._rng = random.Random(0)
+    # Force a first: make b look busy.
+    dispatcher.pool.endpoints["b"].outstanding = 5
+    done = await dispatcher.infer("m", b"x", deadline=clock.now + 1.0)
+    assert done.endpoint == "b"
+    assert slow_down.calls == [pytest.approx(1.0)]
+    assert up.calls == [pytest.approx(0.6)]
+
+
+async def test_no_attempt_starts_after_the_deadline() -> None:
+    clock = Clock()
+    dispatcher = make({"a": FakeUpstream("a", UnavailableError("down"), clock=clock, takes_s=2.0),
+                       "b": FakeUpstream("b")}, clock=clock)
+    dispatcher.pool.endpoints["b"].outstanding = 5
+    with pytest.raises(DeadlineExceededError):
+        await dispatcher.infer("m", b"x", deadline=clock.now + 1.0)
+
+
+async def test_a_caller_without_deadline_gets_the_default_timeout() -> None:
+    up = FakeUpstream("a")
+    await make({"a": up}, default_timeout_s=7.0).infer("m", b"x")
+    assert up.calls == [pytest.approx(7.0)]
+
+
+async def test_when_every_endpoint_is_cooling_down_they_are_tried_anyway() -> None:
+    clock = Clock()
+    a = FakeUpstream("a")
+    dispatcher = make({"a": a}, clock=clock)
+    dispatcher.pool.endpoints["a"].cooldown_until = clock.now + 10
+    assert (await dispatcher.infer("m", b"x")).response == b"a:x"
+
+
+async def test_session_key_pins_requests_to_one_endpoint_and_moves_only_when_it_fails() -> None:
+    ups = {n: FakeUpstream(n) for n in "abcd"}
+    dispatcher = make(ups)
+    first = (await dispatcher.infer("m", b"x", session="user-42")).endpoint
+    assert {(await dispatcher.infer("m", b"x", session="user-42")).endpoint for _ in range(20)} == {first}
+    ups[first].error = UnavailableError("gone")
+    moved = await dispatcher.infer("m", b"x", session="user-42")
+    assert moved.endpoint != first and moved.attempts == 2
+    spread = {(await dispatcher.infer("m", b"x", session=f"k{i}")).endpoint for i in range(40)}
+    assert len(spread) >= 3
+
+
+async def test_outstanding_counts_return_to_zero_after_success_and_failure() -> None:
+    dispatcher = make({"a": FakeUpstream("a", UnavailableError("x")), "b": FakeUpstream("b")})
+    for _ in range(5):
+        await dispatcher.infer("m", b"x")
+    assert all(e.outstanding == 0 for e in dispatcher.pool.endpoints.values())
+
+
+async def test_an_empty_pool_is_unavailable_not_an_unknown_model() -> None:
+    with pytest.raises(UnavailableError, match="no endpoint is registered in region 'r'"):
+        await make({}).infer("m", b"x")

@@ -1,0 +1,68 @@
+"""EmbeddedRegistry: register, heartbeat, TTL expiry (injected clock), watchers."""
+
+from __future__ import annotations
+
+import pytest
+
+from fogline.registry import EmbeddedRegistry, Load, Member
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def member(mid: str, models: tuple[str, ...] = ("m",)) -> Member:
+    return Member(id=mid, service="device", address=f"{mid}:1", models=frozenset(models))
+
+
+def test_member_that_misses_heartbeats_for_its_ttl_is_expired_and_watchers_hear_of_it() -> None:
+    clock = Clock()
+    registry = EmbeddedRegistry(ttl_s=3.0, heartbeat_interval_s=1.0, clock=clock)
+    changes = []
+    registry.watch(lambda: changes.append(sorted(s.member.id for s in registry.members())))
+    registry.register(member("a"))
+    registry.register(member("b"))
+    clock.now += 2.5
+    assert registry.heartbeat("a", Load(in_flight=2, queue_depth=1))
+    clock.now += 1.0
+    assert registry.expire() == ["b"]
+    assert registry.get("a").load == Load(in_flight=2, queue_depth=1)
+    assert changes == [["a"], ["a", "b"], ["a"]]
+    clock.now += 1.9  # 2.9 s since a's heartbeat: still inside its ttl
+    assert registry.expire() == []
+    clock.now += 0.2
+    assert registry.expire() == ["a"]
+
+
+def test_heartbeat_from_an_unknown_member_asks_it_to_register_again() -> None:
+    registry = EmbeddedRegistry(clock=Clock())
+    assert registry.heartbeat("ghost", Load()) is False
+
+
+def test_reregistering_unchanged_is_quiet_but_a_changed_model_list_is_a_change() -> None:
+    registry = EmbeddedRegistry(clock=Clock())
+    changes = []
+    registry.watch(lambda: changes.append(1))
+    registry.register(member("a"))
+    registry.register(member("a"))
+    assert len(changes) == 1
+    registry.heartbeat("a", Load(), ["m", "n"])
+    assert registry.get("a").member.models == {"m", "n"}
+    assert len(changes) == 2
+
+
+def test_deregister_removes_at_once() -> None:
+    registry = EmbeddedRegistry(clock=Clock())
+    registry.register(member("a"))
+    assert registry.deregister("a") is True
+    assert registry.deregister("a") is False
+    assert registry.members("device") == []
+
+
+def test_heartbeat_interval_must_be_shorter_than_the_ttl() -> None:
+    with pytest.raises(ValueError):
+        EmbeddedRegistry(ttl_s=1.0, heartbeat_interval_s=1.0)
