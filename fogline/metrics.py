@@ -31,13 +31,21 @@ class Metrics:
                                         ["model"], buckets=LATENCY_BUCKETS_S, registry=self.registry)
         self.upstream = Counter("fogline_upstream_requests", "Requests sent to upstream endpoints by result",
                                 ["endpoint", "code"], registry=self.registry)
+        self._counters: dict[tuple[str, str], Counter] = {}  # labelled children, looked up per request
+        self._latencies: dict[str, Histogram] = {}
         self.retries = Counter("fogline_retries", "Requests retried on another endpoint",
                                registry=self.registry)
 
     def observe(self, model: str, code: str, seconds: float) -> None:
-        self.requests.labels(model, code).inc()
+        counter = self._counters.get((model, code))
+        if counter is None:
+            counter = self._counters[(model, code)] = self.requests.labels(model, code)
+        counter.inc()
         if code == "OK":
-            self.latency.labels(model).observe(seconds)
+            histogram = self._latencies.get(model)
+            if histogram is None:
+                histogram = self._latencies[model] = self.latency.labels(model)
+            histogram.observe(seconds)
 
     def batch_observer(self, model: str) -> Callable[[int, int, float], None]:
         size, duration = self.batch_size.labels(model), self.batch_duration.labels(model)

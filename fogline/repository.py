@@ -10,6 +10,7 @@
     max_queue_delay_us = 0
     max_queue_size = 256
     instances = 1
+    inline_max_us = 100            # run on the event loop while batches average under this
 
     [[inputs]]
     name = "input"
@@ -98,6 +99,7 @@ def load_model(model_dir: Path) -> ModelConfig:
             max_queue_delay_us=_int(batching, "max_queue_delay_us", 0, config_path),
             max_queue_size=_int(batching, "max_queue_size", 256, config_path, minimum=1),
             instances=_int(batching, "instances", 1, config_path, minimum=1),
+            inline_max_us=_int(batching, "inline_max_us", 100, config_path),
         ),
         inputs=_tensors(raw, "inputs", config_path),
         outputs=_tensors(raw, "outputs", config_path),

@@ -101,7 +101,9 @@ async def test_draining_refuses_new_calls_after_finishing_running_ones(sample_mo
         running = [asyncio.ensure_future(client.infer("cnn", {"input": np.zeros((8, 3, 64, 64), np.float32)}))
                    for _ in range(4)]
         await asyncio.sleep(0)  # the calls are on the wire
-        await until(lambda: node.dataplane.load() != (0, 0))
+        cnn = node.dataplane.models["cnn"].batcher
+        # All four have arrived (done, running or queued): drain must finish them, not refuse them.
+        await until(lambda: cnn.stats.requests + cnn.in_flight + cnn.queue_depth == 5)
         await node.drain()
         results = await asyncio.gather(*running)
         assert all(r.outputs["logits"].shape == (8, 10) for r in results)

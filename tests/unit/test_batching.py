@@ -29,6 +29,11 @@ class GatedModel:
         return {"y": feeds["x"] * 2}
 
 
+def threaded(**settings: int) -> BatchingSettings:
+    """Settings that always use the thread pool, so a test can hold a batch mid-run."""
+    return BatchingSettings(inline_max_us=0, **settings)
+
+
 @pytest.fixture
 def executor():
     with ThreadPoolExecutor(4) as pool:
@@ -41,7 +46,7 @@ def rows(n: int, value: float = 1.0, width: int = 3) -> dict[str, np.ndarray]:
 
 async def test_a_lone_request_runs_at_once_without_waiting(executor) -> None:
     model = GatedModel()
-    batcher = DynamicBatcher("m", model, BatchingSettings(max_batch_size=8), executor=executor)
+    batcher = DynamicBatcher("m", model, threaded(max_batch_size=8), executor=executor)
     out = await asyncio.wait_for(batcher.infer(rows(2, 3.0)), 2)
     np.testing.assert_array_equal(out["y"], np.full((2, 3), 6.0))
     assert model.batches == [2]
@@ -49,7 +54,7 @@ async def test_a_lone_request_runs_at_once_without_waiting(executor) -> None:
 
 async def test_requests_queued_behind_a_running_batch_go_together_and_split_back_in_order(executor) -> None:
     model = GatedModel()
-    batcher = DynamicBatcher("m", model, BatchingSettings(max_batch_size=16), executor=executor)
+    batcher = DynamicBatcher("m", model, threaded(max_batch_size=16), executor=executor)
     model.gate.clear()
     first = asyncio.ensure_future(batcher.infer(rows(1, 0.0)))
     await asyncio.get_running_loop().run_in_executor(None, model.entered.wait, 2)
@@ -66,7 +71,7 @@ async def test_requests_queued_behind_a_running_batch_go_together_and_split_back
 
 async def test_batches_respect_max_batch_size_and_never_mix_shapes(executor) -> None:
     model = GatedModel()
-    batcher = DynamicBatcher("m", model, BatchingSettings(max_batch_size=4), executor=executor)
+    batcher = DynamicBatcher("m", model, threaded(max_batch_size=4), executor=executor)
     model.gate.clear()
     first = asyncio.ensure_future(batcher.infer(rows(1)))
     await asyncio.get_running_loop().run_in_executor(None, model.entered.wait, 2)
@@ -82,14 +87,14 @@ async def test_batches_respect_max_batch_size_and_never_mix_shapes(executor) -> 
 
 async def test_unbatched_model_runs_requests_one_by_one(executor) -> None:
     model = GatedModel()
-    batcher = DynamicBatcher("m", model, BatchingSettings(max_batch_size=0), executor=executor)
+    batcher = DynamicBatcher("m", model, threaded(max_batch_size=0), executor=executor)
     await asyncio.gather(*(batcher.infer(rows(1)) for _ in range(5)))
     assert model.batches == [1] * 5
 
 
 async def test_full_queue_is_refused_with_resource_exhausted_and_a_retry_hint(executor) -> None:
     model = GatedModel()
-    batcher = DynamicBatcher("m", model, BatchingSettings(max_batch_size=1, max_queue_size=2), executor=executor)
+    batcher = DynamicBatcher("m", model, threaded(max_batch_size=1, max_queue_size=2), executor=executor)
     model.gate.clear()
     running = asyncio.ensure_future(batcher.infer(rows(1)))
     await asyncio.get_running_loop().run_in_executor(None, model.entered.wait, 2)
@@ -106,7 +111,7 @@ async def test_full_queue_is_refused_with_resource_exhausted_and_a_retry_hint(ex
 async def test_a_request_whose_deadline_passed_in_the_queue_is_dropped_unrun(executor) -> None:
     now = [100.0]
     model = GatedModel()
-    batcher = DynamicBatcher("m", model, BatchingSettings(max_batch_size=4), executor=executor,
+    batcher = DynamicBatcher("m", model, threaded(max_batch_size=4), executor=executor,
                              clock=lambda: now[0])
     model.gate.clear()
     running = asyncio.ensure_future(batcher.infer(rows(1)))
@@ -132,7 +137,7 @@ async def test_a_failing_run_fails_every_request_of_the_batch_and_the_batcher_ke
             raise RuntimeError("boom")
         return {"y": feeds["x"]}
 
-    batcher = DynamicBatcher("m", flaky, BatchingSettings(max_batch_size=4), executor=executor)
+    batcher = DynamicBatcher("m", flaky, threaded(max_batch_size=4), executor=executor)
     with pytest.raises(InternalError, match="model 'm' failed to run: RuntimeError: boom"):
         await batcher.infer(rows(1))
     out = await batcher.infer(rows(1))
@@ -142,7 +147,7 @@ async def test_a_failing_run_fails_every_request_of_the_batch_and_the_batcher_ke
 
 async def test_queue_delay_holds_a_short_batch_back_for_company(executor) -> None:
     model = GatedModel()
-    batcher = DynamicBatcher("m", model, BatchingSettings(max_batch_size=8, max_queue_delay_us=200_000),
+    batcher = DynamicBatcher("m", model, threaded(max_batch_size=8, max_queue_delay_us=200_000),
                              executor=executor)
     first = asyncio.ensure_future(batcher.infer(rows(1)))
     await asyncio.sleep(0.01)
@@ -154,7 +159,7 @@ async def test_queue_delay_holds_a_short_batch_back_for_company(executor) -> Non
 
 async def test_a_full_batch_does_not_wait_for_the_queue_delay(executor) -> None:
     model = GatedModel()
-    batcher = DynamicBatcher("m", model, BatchingSettings(max_batch_size=2, max_queue_delay_us=30_000_000),
+    batcher = DynamicBatcher("m", model, threaded(max_batch_size=2, max_queue_delay_us=30_000_000),
                              executor=executor)
     await asyncio.wait_for(asyncio.gather(batcher.infer(rows(1)), batcher.infer(rows(1))), 5)
     assert model.batches == [2]
@@ -162,7 +167,7 @@ async def test_a_full_batch_does_not_wait_for_the_queue_delay(executor) -> None:
 
 async def test_a_caller_that_gave_up_is_not_run(executor) -> None:
     model = GatedModel()
-    batcher = DynamicBatcher("m", model, BatchingSettings(max_batch_size=1), executor=executor)
+    batcher = DynamicBatcher("m", model, threaded(max_batch_size=1), executor=executor)
     model.gate.clear()
     running = asyncio.ensure_future(batcher.infer(rows(1)))
     await asyncio.get_running_loop().run_in_executor(None, model.entered.wait, 2)
@@ -185,7 +190,7 @@ async def test_output_that_is_not_batch_major_is_an_internal_error_naming_the_fi
         gate.wait(5)
         return bad(feeds)
 
-    batcher = DynamicBatcher("m", slow_then_bad, BatchingSettings(max_batch_size=4), executor=executor)
+    batcher = DynamicBatcher("m", slow_then_bad, threaded(max_batch_size=4), executor=executor)
     first = asyncio.ensure_future(batcher.infer(rows(1)))
     await asyncio.sleep(0.01)
     pair = [asyncio.ensure_future(batcher.infer(rows(1))) for _ in range(2)]
@@ -195,3 +200,24 @@ async def test_output_that_is_not_batch_major_is_an_internal_error_naming_the_fi
     for fut in pair:
         with pytest.raises(InternalError, match="max_batch_size = 0"):
             await fut
+
+
+async def test_a_fast_model_runs_inline_on_the_event_loop_and_a_slow_one_in_the_pool(executor) -> None:
+    threads: list[int] = []
+    delay = [0.0]
+
+    def model(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        threads.append(threading.get_ident())
+        if delay[0]:
+            threading.Event().wait(delay[0])
+        return {"y": feeds["x"]}
+
+    batcher = DynamicBatcher("m", model, BatchingSettings(max_batch_size=4, inline_max_us=500), executor=executor)
+    for _ in range(30):
+        await batcher.infer(rows(1))
+    assert threads[0] != threading.get_ident()  # no history yet: the pool
+    assert threads[-1] == threading.get_ident()  # measured fast: inline
+    delay[0] = 0.02
+    for _ in range(10):
+        await batcher.infer(rows(1))
+    assert threads[-1] != threading.get_ident()  # measured slow again: back to the pool
