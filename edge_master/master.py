@@ -63,7 +63,9 @@ class EdgeMaster:
                             name=state.member.id)
 
     def _disconnect(self, upstream: GrpcUpstream) -> None:
-        task = asyncio.ensure_future(upstream.close())
+        # A departing device (deregistered while draining) finishes the requests it has: let them
+        # complete rather than cancel them; whatever is left after the grace fails over elsewhere.
+        task = asyncio.ensure_future(upstream.close(self.settings.drain_grace_s))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
