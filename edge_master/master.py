@@ -14,7 +14,7 @@ from fogline.dispatch import Dispatcher, DispatchSettings
 from fogline.grpc.control import CONTROL_MAX_MESSAGE_BYTES, ControlServicer, add_control
 from fogline.grpc.forward import ForwardingBackend
 from fogline.grpc.server import DEFAULT_MAX_MESSAGE_BYTES, bind, create_server, set_serving
-from fogline.grpc.upstream import GrpcUpstream
+from fogline.grpc.upstream import GrpcUpstream, StreamUpstream
 from fogline.grpc.v2 import v2_handler
 from fogline.http import start_http
 from fogline.metrics import Metrics
@@ -41,6 +41,9 @@ class EdgeSettings:
     member_ttl_s: float = 3.0
     """A device silent this long is dropped from routing."""
     dispatch: DispatchSettings = field(default_factory=DispatchSettings)
+    upstream_streams: bool = True
+    """Multiplex requests to each device over one ModelStreamInfer stream (about half the CPU of a
+    unary call per request); False sends each request as its own ModelInfer call."""
     drain_grace_s: float = 10.0
 
 
@@ -59,8 +62,8 @@ class EdgeMaster:
         self._closing: set[asyncio.Task[None]] = set()
 
     def _connect(self, state: MemberState) -> GrpcUpstream:
-        return GrpcUpstream(state.member.address, max_message_bytes=self.settings.max_message_bytes,
-                            name=state.member.id)
+        kind = StreamUpstream if self.settings.upstream_streams else GrpcUpstream
+        return kind(state.member.address, max_message_bytes=self.settings.max_message_bytes, name=state.member.id)
 
     def _disconnect(self, upstream: GrpcUpstream) -> None:
         # A departing device (deregistered while draining) finishes the requests it has: let them

@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--id", help="edge id (default: edge-<hostname>)")
     edge.add_argument("--control-port", type=int, default=0, help="control-plane port for device nodes")
     edge.add_argument("--member-ttl-s", type=float, default=3.0, help="drop a device silent this long")
+    edge.add_argument("--upstream", choices=("stream", "unary"), default="stream",
+                      help="forward to devices over one multiplexed stream each (default) or a call per request")
 
     up = sub.add_parser("up", help="start a whole local stack with sample models")
     up.add_argument("--workdir", type=Path, default=DEFAULT_HOME,
@@ -94,6 +96,7 @@ def _edge(args: argparse.Namespace) -> int:
         region=args.region, host=args.host, advertise_host=args.advertise_host, grpc_port=args.grpc_port,
         control_port=args.control_port, http_port=args.http_port, max_message_bytes=args.max_message_mb * MiB,
         member_ttl_s=args.member_ttl_s, drain_grace_s=args.drain_grace_s,
+        upstream_streams=args.upstream == "stream",
     )
     if args.id:
         settings.edge_id = args.id

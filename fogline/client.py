@@ -39,6 +39,7 @@ class InferResult:
     outputs: dict[str, np.ndarray]
     parameters: dict[str, ParameterValue]
     endpoint: str
+    id: str = ""
 
     @property
     def tier(self) -> str:
@@ -129,7 +130,7 @@ class Client:
                                  parameters=params)
         reply, endpoint = await self._call(lambda stub, t: stub.ModelInfer(request, timeout=t), timeout_s)
         return InferResult(model=reply.model_name, version=reply.model_version, outputs=decode_outputs(reply),
-                           parameters=decode_parameters(reply.parameters), endpoint=endpoint)
+                           parameters=decode_parameters(reply.parameters), endpoint=endpoint, id=reply.id)
 
     async def model_metadata(self, model: str, version: str = "", *, timeout_s: float | None = None) -> ModelMetadata:
         request = pb.ModelMetadataRequest(name=model, version=version)

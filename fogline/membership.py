@@ -37,6 +37,7 @@ class MembershipLoop:
         self._rng = rng or random.Random()
         self.registered = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._registering = False  # a Register call is in flight: the master may know us already
         self.interval_s = 1.0
 
     def start(self) -> None:
@@ -47,7 +48,11 @@ class MembershipLoop:
         while True:
             try:
                 if not self.registered.is_set():
-                    self.interval_s, _ = await self.control.register(self._member())
+                    self._registering = True
+                    try:
+                        self.interval_s, _ = await self.control.register(self._member())
+                    finally:
+                        self._registering = False
                     self.registered.set()
                     log.info("registered with master %s", getattr(self.control, "address", ""))
                 member = self._member()
@@ -66,10 +71,11 @@ class MembershipLoop:
 
     async def leave(self) -> None:
         """Stop heartbeating and deregister (best effort: the TTL covers a failure)."""
+        registering = self._registering  # cancelled mid-Register: the master may have added us
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        if self.registered.is_set():
+        if self.registered.is_set() or registering:
             try:
                 await self.control.deregister(self._member().id)
             except FoglineError as err:

@@ -18,6 +18,10 @@ PARAM_NODE = "fogline.node"
 PARAM_ROUTE = "fogline.route"
 PARAM_SESSION = "fogline.session"
 PARAM_ATTEMPTS = "fogline.attempts"
+# On ModelStreamInfer: the caller's remaining time (a stream has no per-message deadline), and the
+# status code of a failed request.
+PARAM_TIMEOUT_MS = "fogline.timeout_ms"
+PARAM_CODE = "fogline.code"
 
 
 @dataclass(frozen=True, slots=True)

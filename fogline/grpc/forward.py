@@ -11,6 +11,7 @@ from fogline.errors import FoglineError, ModelNotFoundError, UnavailableError
 from fogline.grpc.codec import set_parameters
 from fogline.grpc.upstream import GrpcUpstream
 from fogline.grpc.v2 import V2Backend
+from fogline.grpc.wire import length_delimited
 from fogline.types import PARAM_ATTEMPTS, PARAM_NODE, PARAM_ROUTE, PARAM_SESSION, PARAM_TIER
 
 METADATA_TIMEOUT_S = 5.0
@@ -43,7 +44,9 @@ class ForwardingBackend(V2Backend):
         params = request.parameters
         session = params[PARAM_SESSION].string_param if PARAM_SESSION in params else None
         done = await self.dispatcher.infer(request.model_name, data, session=session, deadline=deadline)
-        return done.response + self._suffix(done.endpoint, "placement", done.attempts)
+        # The caller's id goes back in (an upstream stream re-tags requests), then the routing tags.
+        return done.response + length_delimited(3, request.id.encode()) + self._suffix(
+            done.endpoint, "placement", done.attempts)
 
     def _suffix(self, node: str, route: str, attempts: int) -> bytes:
         key = (node, route, attempts)

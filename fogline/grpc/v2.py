@@ -10,9 +10,10 @@ and forwards (``fogline.grpc.forward``).
 from __future__ import annotations
 
 import abc
+import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -24,8 +25,9 @@ from fogline.dataplane import LocalDataPlane
 from fogline.errors import ErrorCode, FoglineError, InvalidInputError
 from fogline.grpc.codec import decode_request, encode_response
 from fogline.grpc.status import TO_GRPC, as_fogline_error, trailing_metadata
+from fogline.grpc.wire import length_delimited
 from fogline.metrics import UNKNOWN_MODEL, Metrics
-from fogline.types import ModelSpec
+from fogline.types import PARAM_CODE, PARAM_TIMEOUT_MS, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -119,25 +121,75 @@ async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
     await context.abort(TO_GRPC[err.code], err.message)
 
 
+def stream_deadline(request: pb.ModelInferRequest) -> float | None:
+    """A streamed request's deadline, from the remaining time its sender put in its parameters."""
+    param = request.parameters.get(PARAM_TIMEOUT_MS)
+    return None if param is None else time.monotonic() + param.int64_param / 1000
+
+
+def stream_error(request_id: str, err: FoglineError) -> bytes:
+    reply = pb.ModelStreamInferResponse(error_message=err.message)
+    reply.infer_response.id = request_id
+    reply.infer_response.parameters[PARAM_CODE].string_param = err.code.value
+    return reply.SerializeToString()
+
+
 def v2_handler(backend: V2Backend, metrics: Metrics) -> grpc.GenericRpcHandler:
     """The generic handler that serves ``backend`` as ``inference.GRPCInferenceService``."""
 
-    async def model_infer(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def infer(data: bytes, request: pb.ModelInferRequest, deadline: float | None) -> bytes:
+        """One inference, counted in the metrics whatever its outcome."""
         started = time.perf_counter()
-        model = UNKNOWN_MODEL
+        model = request.model_name if backend.known_model(request.model_name) else UNKNOWN_MODEL
         try:
-            request = _parse(pb.ModelInferRequest, data)
-            if backend.known_model(request.model_name):
-                model = request.model_name
-            out = await backend.infer(data, request, deadline_of(context))
+            out = await backend.infer(data, request, deadline)
         except Exception as exc:
-            code = as_fogline_error(exc).code
-            metrics.observe(model if code is not ErrorCode.NOT_FOUND else UNKNOWN_MODEL, code.value,
-                            time.perf_counter() - started)
-            await abort(context, exc)
-            raise  # unreachable: abort raises
+            metrics.observe(model, as_fogline_error(exc).code.value, time.perf_counter() - started)
+            raise
         metrics.observe(model, "OK", time.perf_counter() - started)
         return out
+
+    async def model_infer(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        try:
+            request = _parse(pb.ModelInferRequest, data)
+            return await infer(data, request, deadline_of(context))
+        except Exception as exc:
+            await abort(context, exc)
+            raise  # unreachable: abort raises
+
+    async def model_stream_infer(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
+        """Serve every request of the stream concurrently; replies go out as they finish."""
+        replies: asyncio.Queue[bytes | None] = asyncio.Queue()
+        running: set[asyncio.Task[None]] = set()
+
+        async def serve(data: bytes) -> None:
+            request_id = ""
+            try:
+                request = _parse(pb.ModelInferRequest, data)
+                request_id = request.id
+                body = await infer(data, request, stream_deadline(request))
+            except Exception as exc:
+                replies.put_nowait(stream_error(request_id, as_fogline_error(exc)))
+            else:
+                replies.put_nowait(length_delimited(2, body))  # ModelStreamInferResponse.infer_response
+
+        async def read_all() -> None:
+            async for data in requests:
+                task = asyncio.create_task(serve(data))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            while running:
+                await asyncio.wait(set(running))
+            replies.put_nowait(None)
+
+        reader = asyncio.create_task(read_all())
+        try:
+            while (reply := await replies.get()) is not None:
+                await context.write(reply)
+        finally:
+            reader.cancel()
+            for task in list(running):
+                task.cancel()
 
     async def server_live(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return pb.ServerLiveResponse(live=True).SerializeToString()
@@ -166,7 +218,7 @@ def v2_handler(backend: V2Backend, metrics: Metrics) -> grpc.GenericRpcHandler:
             raise
         return msg.SerializeToString()
 
-    methods: dict[str, Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]] = {
+    unary: dict[str, Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]] = {
         "ModelInfer": model_infer,
         "ServerLive": server_live,
         "ServerReady": server_ready,
@@ -174,6 +226,6 @@ def v2_handler(backend: V2Backend, metrics: Metrics) -> grpc.GenericRpcHandler:
         "ModelReady": model_ready,
         "ModelMetadata": model_metadata,
     }
-    return grpc.method_handlers_generic_handler(
-        SERVICE, {name: grpc.unary_unary_rpc_method_handler(fn) for name, fn in methods.items()}
-    )
+    handlers = {name: grpc.unary_unary_rpc_method_handler(fn) for name, fn in unary.items()}
+    handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(model_stream_infer)
+    return grpc.method_handlers_generic_handler(SERVICE, handlers)

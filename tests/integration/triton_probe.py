@@ -1,0 +1,83 @@
+"""Talk to a Fogline V2 endpoint with the official ``tritonclient.grpc`` and print what it answered as JSON.
+
+Run as a separate process (``python tests/integration/triton_probe.py --input x.npy URL...``): tritonclient's
+protobuf definitions of ``inference.*`` collide with Fogline's own in one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import numpy as np
+import tritonclient.grpc as triton
+from google.protobuf.json_format import MessageToDict
+
+MODEL, INPUT, OUTPUT = "mlp", "input", "logits"
+
+
+def _tensors(specs: Any) -> list[dict[str, Any]]:
+    return [{"name": t.name, "datatype": t.datatype, "shape": [int(d) for d in t.shape]} for t in specs]
+
+
+def _parameters(result: Any) -> dict[str, Any]:
+    params = MessageToDict(result.get_response()).get("parameters", {})
+    return {key: next(iter(value.values())) for key, value in params.items()}
+
+
+def _output(result: Any) -> tuple[list[Any], bool]:
+    """The output as nested lists, and whether it came as raw bytes (else typed contents)."""
+    response = result.get_response()
+    if response.raw_output_contents:
+        return result.as_numpy(OUTPUT).tolist(), True
+    tensor = result.get_output(OUTPUT)
+    values = np.array(tensor.contents.fp32_contents, dtype=np.float32).reshape([int(d) for d in tensor.shape])
+    return values.tolist(), False
+
+
+def probe(url: str, x: np.ndarray) -> dict[str, Any]:
+    client = triton.InferenceServerClient(url)
+    try:
+        out: dict[str, Any] = {
+            "live": client.is_server_live(),
+            "ready": client.is_server_ready(),
+            "model_ready": client.is_model_ready(MODEL),
+        }
+        meta = client.get_model_metadata(MODEL)
+        out["metadata"] = {"name": meta.name, "versions": list(meta.versions), "platform": meta.platform,
+                           "inputs": _tensors(meta.inputs), "outputs": _tensors(meta.outputs)}
+
+        # Binary: set_data_from_numpy sends raw_input_contents.
+        binary = triton.InferInput(INPUT, list(x.shape), "FP32")
+        binary.set_data_from_numpy(x)
+        result = client.infer(MODEL, [binary], outputs=[triton.InferRequestedOutput(OUTPUT)])
+        values, raw = _output(result)
+        out["binary"] = {"output": values, "raw_reply": raw, "parameters": _parameters(result),
+                         "model_name": result.get_response().model_name}
+
+        # Typed: the values in contents.fp32_contents, no raw_input_contents (binary_data=False).
+        typed = triton.InferInput(INPUT, list(x.shape), "FP32")
+        typed._get_tensor().contents.fp32_contents.extend(x.ravel().tolist())
+        result = client.infer(MODEL, [typed], outputs=[triton.InferRequestedOutput(OUTPUT)])
+        values, raw = _output(result)
+        out["typed"] = {"output": values, "raw_reply": raw, "parameters": _parameters(result),
+                        "model_name": result.get_response().model_name}
+        return out
+    finally:
+        client.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--input", required=True, help=".npy file: FP32 [N, 64] input of mlp")
+    parser.add_argument("urls", nargs="+", help="V2 gRPC endpoints host:port")
+    args = parser.parse_args()
+    x = np.load(args.input).astype(np.float32)
+    json.dump({url: probe(url, x) for url in args.urls}, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

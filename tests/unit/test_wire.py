@@ -1,0 +1,36 @@
+"""The wire-format helpers edit messages exactly as protobuf's merge rules say."""
+
+from __future__ import annotations
+
+import pytest
+
+from fogline._proto import inference_pb2 as pb
+from fogline.errors import InvalidInputError
+from fogline.grpc.wire import fields, length_delimited, varint
+
+
+@pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 2**32, 2**63])
+def test_varint_matches_protobuf(value: int) -> None:
+    encoded = pb.ModelReadyResponse(ready=True).SerializeToString()  # sanity: the library is there
+    assert encoded
+    msg = pb.InferParameter(uint64_param=value).SerializeToString()
+    assert msg == varint(5 << 3 | 0) + varint(value)
+
+
+def test_appending_an_id_replaces_it_and_keeps_everything_else() -> None:
+    original = pb.ModelInferRequest(model_name="m", id="client-id")
+    original.raw_input_contents.append(b"\x00" * 10)
+    edited = pb.ModelInferRequest.FromString(original.SerializeToString() + length_delimited(3, b"17"))
+    assert edited.id == "17" and edited.model_name == "m" and edited.raw_input_contents == [b"\x00" * 10]
+
+
+def test_fields_slices_nested_messages_without_decoding_them() -> None:
+    inner = pb.ModelInferResponse(model_name="m", id="x").SerializeToString()
+    outer = pb.ModelStreamInferResponse(error_message="bad", infer_response=pb.ModelInferResponse.FromString(inner))
+    found = {field: bytes(value) for field, _, value in fields(outer.SerializeToString())}  # type: ignore[arg-type]
+    assert found == {1: b"bad", 2: inner}
+
+
+def test_truncated_input_is_invalid_argument() -> None:
+    with pytest.raises(InvalidInputError):
+        list(fields(length_delimited(2, b"abcdef")[:-2]))
