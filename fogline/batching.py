@@ -117,7 +117,7 @@ class DynamicBatcher:
             if batch is None:
                 return
             if not batch:
-                continue
+                break  # only dead requests were queued
             if self._batch_time_s * 1e6 < self.settings.inline_max_us:
                 self._run_inline(batch)
                 continue
@@ -131,10 +131,16 @@ class DynamicBatcher:
         """The next batch; [] if only dead requests were queued; None to wait for company."""
         now = self._clock()
         limit = max(self.settings.max_batch_size, 1)
+        share = limit
+        if self.settings.instances > 1 and limit > 1:
+            # Share the queue among the instances: the first to come free must not take it all
+            # while the others finish and then idle. A soft limit: the oldest request always goes.
+            queued_rows = sum(item.rows for item in self._queue)
+            share = min(limit, -(-queued_rows // self.settings.instances))
         batch: list[_Pending] = []
         rest: collections.deque[_Pending] = collections.deque()
         rows = 0
-        while self._queue:
+        while self._queue and rows < share:
             item = self._queue.popleft()
             if item.future.done():  # caller gave up
                 continue
@@ -143,10 +149,8 @@ class DynamicBatcher:
                 item.future.set_exception(DeadlineExceededError(
                     f"deadline passed while queued for model {self.name!r}"))
                 continue
-            if (batch and item.key != batch[0].key) or rows + item.rows > limit:
+            if batch and (item.key != batch[0].key or rows + item.rows > limit):
                 rest.append(item)
-                if rows >= limit:
-                    break
                 continue
             batch.append(item)
             rows += item.rows

@@ -9,7 +9,7 @@
     [batching]
     max_queue_delay_us = 0
     max_queue_size = 256
-    instances = 1
+    instances = 1                  # batches run at once; 0 = one per CPU core
     inline_max_us = 100            # run on the event loop while batches average under this
 
     [[inputs]]
@@ -22,6 +22,7 @@ The highest numeric version directory is served.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -98,7 +99,7 @@ def load_model(model_dir: Path) -> ModelConfig:
             max_batch_size=max_batch_size,
             max_queue_delay_us=_int(batching, "max_queue_delay_us", 0, config_path),
             max_queue_size=_int(batching, "max_queue_size", 256, config_path, minimum=1),
-            instances=_int(batching, "instances", 1, config_path, minimum=1),
+            instances=_int(batching, "instances", 1, config_path) or os.cpu_count() or 1,
             inline_max_us=_int(batching, "inline_max_us", 100, config_path),
         ),
         inputs=_tensors(raw, "inputs", config_path),

@@ -13,7 +13,6 @@ import pytest
 from device_node import DeviceNode, DeviceSettings
 from edge_master import EdgeMaster, EdgeSettings
 from fogline import Client
-from fogline._proto import inference_pb2 as pb
 from fogline._proto import inference_pb2_grpc as pb_grpc
 from fogline.errors import DeadlineExceededError, ErrorCode, FoglineError
 from fogline.grpc.codec import decode_outputs, encode_request

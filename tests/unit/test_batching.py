@@ -221,3 +221,25 @@ async def test_a_fast_model_runs_inline_on_the_event_loop_and_a_slow_one_in_the_
     for _ in range(10):
         await batcher.infer(rows(1))
     assert threads[-1] != threading.get_ident()  # measured slow again: back to the pool
+
+
+async def test_a_queue_is_shared_among_idle_instances_not_given_to_one(executor) -> None:
+    model = GatedModel()
+    batcher = DynamicBatcher("m", model, threaded(max_batch_size=32, instances=2), executor=executor)
+    model.gate.clear()
+    both = [asyncio.ensure_future(batcher.infer(rows(1))) for _ in range(2)]  # occupy both instances
+    await asyncio.sleep(0)
+    waiting = [asyncio.ensure_future(batcher.infer(rows(1))) for _ in range(10)]
+    await asyncio.sleep(0)
+    assert batcher.queue_depth == 10
+    model.gate.set()
+    await asyncio.wait_for(asyncio.gather(*both, *waiting), 5)
+    assert sum(model.batches) == 12
+    assert max(model.batches) <= 5  # no instance took more than its share of the ten waiting
+
+
+async def test_a_lone_request_larger_than_its_share_still_runs(executor) -> None:
+    model = GatedModel()
+    batcher = DynamicBatcher("m", model, threaded(max_batch_size=8, instances=4), executor=executor)
+    out = await asyncio.wait_for(batcher.infer(rows(3)), 5)  # share of 4 instances would be 1 row
+    assert out["y"].shape == (3, 3) and model.batches == [3]
