@@ -14,7 +14,7 @@ from fogline.types import ModelSpec, TensorSpec
 
 log = logging.getLogger(__name__)
 
-# Accelerated first. TensorRT is opt-in (FOGLINE providers setting): building engines takes minutes.
+# Accelerated first. TensorRT is opt-in (`fogline device --providers`): building its engines takes minutes.
 PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
 
