@@ -18,10 +18,10 @@ from pathlib import Path
 from types import FrameType
 
 from bench.report import machine_facts, render, report_command
-from bench.servers import REPO_ROOT, Servers
+from bench.servers import Servers
 from bench.suite import Settings, progress, run_suite
 
-DEFAULT_OUT = REPO_ROOT / "docs" / "perf.md"
+DEFAULT_OUT = Path(__file__).resolve().parent.parent / "docs" / "perf.md"
 
 
 def build_parser() -> argparse.ArgumentParser:

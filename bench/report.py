@@ -8,10 +8,10 @@ import platform
 import shlex
 import statistics
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 
-from bench.results import DEVICE, DEVICE_NO_BATCHING, ECHO, EDGE, ORT, ORT_BATCHED, Case, Results, Summary
+from bench.results import ALL_CORES, DEVICE, DEVICE_NO_BATCHING, ECHO, EDGE, ORT, Case, Results, Summary
 from bench.suite import BATCHING_CONCURRENCIES, BATCHING_MODEL, CONCURRENCIES, MODELS, Settings
 
 EDGE_P50_TARGET_MS = 1.0
@@ -90,18 +90,25 @@ def _cpu_text(s: Summary) -> tuple[str, str]:
 
 # ---- tables -------------------------------------------------------------------------------------
 
+def _raw_reference(results: Results, model: str, concurrency: int) -> tuple[str, Summary | None]:
+    """What a path is compared with at ``concurrency``: raw ORT's single request on all cores at 1,
+    its best batched throughput (any setup, any batch size) above; with the row's label."""
+    if concurrency == 1:
+        return f"{ORT}, {ALL_CORES.label}", results.summary(Case(model, ORT, setup=ALL_CORES))
+    best = results.best_batched(model)
+    return (f"{ORT}, best: {best[0].describe_raw()}", best[1]) if best else (ORT, None)
+
+
 def overhead_table(results: Results) -> str:
     """Raw ORT vs device vs edge vs echo, for every model and concurrency."""
     header = ["Model", "Conc.", "Path", "req/s", "spread", "p50 ms", "p99 ms", "% of raw ORT", "% of echo",
               "mean batch", "client CPU µs/req", "server CPU µs/req"]
     rows = []
     for model in MODELS:
-        best = results.best_batched(model)
         for concurrency in CONCURRENCIES:
-            raw = results.summary(Case(model, ORT)) if concurrency == 1 else (best[1] if best else None)
+            label, raw = _raw_reference(results, model, concurrency)
             echo = results.summary(Case(model, ECHO, concurrency))
             if raw is not None:
-                label = ORT if concurrency == 1 else f"raw ORT, best batch: {best[0] if best else '?'}"
                 rows.append([model, str(concurrency), label, _num(raw.throughput), _pct(raw.spread),
                              _num(raw.p50_ms, 3), _num(raw.p99_ms, 3), "100%", "-",
                              _num(raw.mean_batch, 1), _num(raw.cpu_us.get("client")), "-"])
@@ -118,16 +125,20 @@ def overhead_table(results: Results) -> str:
 
 
 def raw_batch_table(results: Results) -> str:
-    """Raw ORT throughput at each batch size."""
-    header = ["Model", "Batch", "rows/s", "spread", "p50 ms per run", "p99 ms per run", "CPU µs/row"]
+    """Raw ORT throughput in each setup at each batch size; each model's best in bold."""
+    header = ["Model", "Setup", "Batch", "rows/s", "spread", "p50 ms per run", "p99 ms per run", "CPU µs/row"]
     rows = []
-    for case in sorted((c for c in results.measurements if c.path == ORT_BATCHED),
-                       key=lambda c: (MODELS.index(c.model), c.batch)):
-        s = results.summary(case)
-        assert s is not None
-        rows.append([case.model, str(case.batch), _num(s.throughput), _pct(s.spread), _num(s.p50_ms, 3),
-                     _num(s.p99_ms, 3), _num(s.cpu_us.get("client"))])
-    return table(header, rows, left=1)
+    for model in MODELS:
+        best = results.best_batched(model)
+        for case in results.raw_batched(model):
+            s = results.summary(case)
+            assert s is not None
+            rows_per_s = _num(s.throughput)
+            if best and case == best[0]:
+                rows_per_s = f"**{rows_per_s}**"
+            rows.append([case.model, case.setup.label, str(case.batch), rows_per_s, _pct(s.spread),
+                         _num(s.p50_ms, 3), _num(s.p99_ms, 3), _num(s.cpu_us.get("client"))])
+    return table(header, rows, left=2)
 
 
 def batching_table(results: Results) -> str:
@@ -210,7 +221,8 @@ def target_checks(results: Results) -> list[TargetCheck]:
         TargetCheck("cnn device node, concurrency 32: throughput vs echo server",
                     _ratio(results.summary(Case("cnn", DEVICE, 32)), results.summary(Case("cnn", ECHO, 32))),
                     math.nan, "ratio", at_most=False),
-        TargetCheck("cnn with batching via the edge, concurrency 32: throughput vs raw ORT best batched",
+        TargetCheck(f"cnn with batching via the edge, concurrency 32: throughput vs raw ORT best batched "
+                    f"({best[0].describe_raw() if best else 'not measured'})",
                     _ratio(edge_cnn, best[1] if best else None), EDGE_VS_ORT_TARGET, "ratio", at_most=False),
     ]
 
@@ -235,7 +247,7 @@ def _latency_paragraph(results: Results, cores: int) -> str | None:
         f"trip: the edge is a gRPC server and a gRPC client, {_num(edge.cpu_us.get('edge'))} µs CPU per "
         f"request) and the device adds {dev.p50_ms - echo.p50_ms:.3f} ms over echo "
         f"({_num(dev.server_cpu_us())} µs CPU per request, while raw ORT runs mlp in "
-        f"{_num(_p50(results, 'mlp', ORT, 1), 3)} ms)."
+        f"{_num(_p50(results, 'mlp', ORT, 1), 3)} ms, {ALL_CORES.label})."
     )
 
 
@@ -263,12 +275,12 @@ def _edge_vs_ort_paragraph(results: Results, cores: int) -> str | None:
     edge = results.summary(Case(BATCHING_MODEL, EDGE, 32))
     if not (best and edge):
         return None
-    size, raw = best
+    case, raw = best
     raw_cpu = raw.cpu_us.get("client", math.nan)
     edge_cpu = sum(edge.cpu_us.values())
     return (
-        f"**{BATCHING_MODEL} through the edge vs raw ORT.** Raw ORT reaches {_num(raw.throughput)} images/s "
-        f"at batch {size}, keeping {raw.throughput * raw_cpu / 1e6:.1f} of the {cores} cores busy "
+        f"**{BATCHING_MODEL} through the edge vs raw ORT.** Raw ORT's best is {_num(raw.throughput)} images/s "
+        f"({case.describe_raw()}), keeping {raw.throughput * raw_cpu / 1e6:.1f} of the {cores} cores busy "
         f"({_num(raw_cpu)} µs CPU per image). Through the edge at concurrency 32 the device ran batches of "
         f"{_num(edge.mean_batch, 1)} on average; per request the client used {_num(edge.cpu_us.get('client'))} "
         f"µs, the edge {_num(edge.cpu_us.get('edge'))} µs and the device {_num(edge.cpu_us.get('device'))} µs "
@@ -278,17 +290,20 @@ def _edge_vs_ort_paragraph(results: Results, cores: int) -> str | None:
 
 
 def _batching_paragraph(results: Results) -> str | None:
-    single = results.summary(Case(BATCHING_MODEL, ORT_BATCHED, batch=1))
     best = results.best_batched(BATCHING_MODEL)
     on = results.summary(Case(BATCHING_MODEL, DEVICE, 32))
     off = results.summary(Case(BATCHING_MODEL, DEVICE_NO_BATCHING, 32))
-    if not (single and best and on and off):
+    if not (best and on and off):
         return None
-    size, top = best
+    case, top = best
+    single = results.summary(replace(case, batch=1))
+    if single is None:
+        return None
     return (
-        f"**Batching gain ({BATCHING_MODEL}).** Raw ORT runs {_num(single.throughput)} images/s at batch 1 and "
-        f"at best {_num(top.throughput)} (batch {size}): batching makes the inference itself "
-        f"{top.throughput / single.throughput:.2f}x faster on this CPU. On the device at concurrency 32 the "
+        f"**Batching gain ({BATCHING_MODEL}).** Raw ORT's best setup, {case.setup.label}, runs "
+        f"{_num(single.throughput)} images/s at batch 1 and {_num(top.throughput)} at batch {case.batch}: "
+        f"in that setup batching makes the inference itself {top.throughput / single.throughput:.2f}x faster "
+        f"on this CPU (every setup and batch size: the raw ORT batch sweep). On the device at concurrency 32 the "
         f"server CPU per request is {_num(off.server_cpu_us())} µs with batching off and "
         f"{_num(on.server_cpu_us())} µs with it on. Measured gain: {_ratio(on, off) or math.nan:.2f}x "
         f"(throughput spread {_pct(on.spread)} on, {_pct(off.spread)} off)."
@@ -342,14 +357,23 @@ def render(results: Results, settings: Settings, command: str, date: str, facts:
         targets_table(checks),
         "## Overhead: raw ONNX Runtime, device node, edge master, bare gRPC",
         "One request = one row (mlp: FP32 [1, 64]; cnn: FP32 [1, 3, 64, 64]). *raw ORT* is `session.run` "
-        "in-process with the device's session options; at concurrency 32 its row is the best batched throughput "
-        "(rows/s, latency per batch run) from the batch sweep below. *device*: client → device node. "
+        "in-process, the machine's best measured in the same run: at concurrency 1, single rows with one run at "
+        "a time on all cores (the device's session options but `intra_op_threads = 0`, ONNX Runtime's default); "
+        "at concurrency 32, the best throughput over every setup and batch size of the batch sweep below "
+        "(rows/s, latency per batch run; the row says which). *device*: client → device node. "
         "*edge → device*: client → edge master → device node. *echo (gRPC only)*: a bare grpc.aio server "
         "answering with a pre-serialized response of the same size as the model's: the transport alone. "
         "*mean batch*: requests per batch the device ran in the window. CPU columns: CPU time per request "
         "of the load generator and of the server processes (from /proc).",
         overhead_table(results),
         "## Raw ONNX Runtime batch sweep",
+        "Each model in two setups, each a session built as the device builds it. *one run on all cores*: "
+        "`intra_op_threads = 0` (ONNX Runtime's default: one thread per physical core), one caller running back "
+        "to back. The model's own setup, as the device runs it: its config.toml `intra_op_threads`, with as many "
+        "caller threads running the same session at once as `[batching] instances` (the setup column says "
+        "which). *rows/s*: rows all callers completed "
+        "/ the window; latency per run; *CPU µs/row*: CPU of the benchmark process per row. Each model's best "
+        "(the raw ORT reference at concurrency 32) is in bold.",
         raw_batch_table(results),
         f"## Dynamic batching on vs off ({BATCHING_MODEL}, device node)",
         "*off*: a copy of the model repository with `max_batch_size = 0` in cnn's config.toml, so each "
@@ -364,8 +388,11 @@ def render(results: Results, settings: Settings, command: str, date: str, facts:
             f"bytes out), the same for every path. Each window: {load.warmup_s:g} s warm-up, then "
             f"{load.duration_s:g} s measured; latency is `time.perf_counter` around each call, throughput counts "
             "calls completed in the window.",
-            f"- Raw ORT: single-row runs for {single.duration_s:g} s after {single.warmup_s:g} s warm-up; each batch "
-            f"size for {batch.duration_s:g} s after {batch.warmup_s:g} s.",
+            f"- Raw ORT: single-row runs (one run on all cores) for {single.duration_s:g} s after "
+            f"{single.warmup_s:g} s warm-up; each setup and batch size for {batch.duration_s:g} s after "
+            f"{batch.warmup_s:g} s. Parallel runs are threads calling one `InferenceSession` (`run` releases the "
+            "GIL), as the device's executor does; they warm up together, start together, and the window closes "
+            "when the last one's last run finishes.",
             "- Servers: `python -m fogline device|edge` subprocesses (log level WARNING) and "
             "`python -m bench.echo_server`, all started once; each repetition measures every case in turn.",
             "- Mean batch size: the delta of `models.<m>.requests` / `models.<m>.batches` in the device's "

@@ -18,6 +18,28 @@ DEVICE_NO_BATCHING = "device, batching off"
 
 
 @dataclass(frozen=True)
+class RawSetup:
+    """How raw ORT runs a model: ``threads`` intra-op threads per run (0: ONNX Runtime's default,
+    one per physical core) and ``parallel`` runs at once (one caller thread each, same session)."""
+
+    threads: int = 0
+    parallel: int = 1
+
+    @property
+    def label(self) -> str:
+        """The setup in words, e.g. "one run on all cores" or "2 single-thread runs in parallel"."""
+        if self.threads == 0:
+            each = "on all cores"
+            return f"one run {each}" if self.parallel == 1 else f"{self.parallel} runs in parallel, each {each}"
+        kind = "single-thread" if self.threads == 1 else f"{self.threads}-thread"
+        return f"one {kind} run" if self.parallel == 1 else f"{self.parallel} {kind} runs in parallel"
+
+
+ALL_CORES = RawSetup()
+"""One run at a time with ONNX Runtime's default thread count (every core): the single-request reference."""
+
+
+@dataclass(frozen=True)
 class Case:
     """One thing measured: a model through a path at a client concurrency (or raw ORT batch size)."""
 
@@ -25,6 +47,12 @@ class Case:
     path: str
     concurrency: int = 1
     batch: int = 1
+    setup: RawSetup = ALL_CORES
+    """Raw ORT only: how the session runs (other paths keep the default)."""
+
+    def describe_raw(self) -> str:
+        """A raw ORT batched case in words, e.g. "batch 4, 2 single-thread runs in parallel"."""
+        return f"batch {self.batch}, {self.setup.label}"
 
 
 @dataclass(frozen=True)
@@ -120,12 +148,17 @@ class Results:
         found = self.measurements.get(case)
         return Summary.of(found) if found else None
 
-    def best_batched(self, model: str) -> tuple[int, Summary] | None:
-        """Raw ORT's best batch size for ``model`` (by median rows/s) and its summary."""
-        sizes = [c.batch for c in self.measurements if c.model == model and c.path == ORT_BATCHED]
-        best: tuple[int, Summary] | None = None
-        for size in sorted(sizes):
-            summary = self.summary(Case(model, ORT_BATCHED, batch=size))
+    def raw_batched(self, model: str) -> list[Case]:
+        """Raw ORT's batched cases of ``model``, by setup (in the order measured) then batch size."""
+        cases = [c for c in self.measurements if c.model == model and c.path == ORT_BATCHED]
+        setups = list(dict.fromkeys(c.setup for c in cases))
+        return sorted(cases, key=lambda c: (setups.index(c.setup), c.batch))
+
+    def best_batched(self, model: str) -> tuple[Case, Summary] | None:
+        """Raw ORT's best batched case for ``model`` over every setup and batch size (by median rows/s)."""
+        best: tuple[Case, Summary] | None = None
+        for case in self.raw_batched(model):
+            summary = self.summary(case)
             if summary is not None and (best is None or summary.throughput > best[1].throughput):
-                best = (size, summary)
+                best = (case, summary)
         return best

@@ -13,41 +13,15 @@ import sys
 import time
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-START_TIMEOUT_S = 60.0
+from fogline.launch import START_TIMEOUT_S, Launched, launch, wait_ready
+
 LOG_LEVEL = "WARNING"  # no per-request logging in the processes being measured
 
 
-@dataclass
-class Server:
-    """A started server process and, once it is ready, the endpoints it bound."""
-
-    name: str
-    process: subprocess.Popen[bytes]
-    log_file: Path
-    ready_file: Path
-    endpoints: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def grpc(self) -> str:
-        """host:port of its V2 gRPC service."""
-        return str(self.endpoints["grpc"])
-
-    @property
-    def status_url(self) -> str:
-        """URL of its REST ``/v1/status``."""
-        return f"http://{self.endpoints['http']}/v1/status"
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def log_tail(self, chars: int = 3000) -> str:
-        return self.log_file.read_text(errors="replace")[-chars:]
+Server = Launched
 
 
 def get_json(url: str, timeout_s: float = 5.0) -> Any:
@@ -69,23 +43,16 @@ class Servers:
     def __exit__(self, *exc: object) -> None:
         self.stop_all()
 
-    def start(self, name: str, argv: Sequence[str]) -> Server:
-        """Start ``python <argv> --ready-file F`` without waiting; see :meth:`wait_ready`."""
-        ready = self.workdir / f"{name}.ready.json"
-        log = self.workdir / f"{name}.log"
-        ready.unlink(missing_ok=True)
-        with open(log, "wb") as out:
-            # A session of its own: Ctrl-C reaches only the benchmark, which then kills it (stop_all).
-            process = subprocess.Popen([sys.executable, *argv, "--ready-file", str(ready)], cwd=REPO_ROOT,
-                                       stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       start_new_session=True)
-        server = Server(name, process, log, ready)
+    def start(self, name: str, args: Sequence[str], module: str = "fogline") -> Server:
+        """Start ``python -m <module> <args> --ready-file F`` without waiting; see :meth:`wait_ready`."""
+        # A session of its own: Ctrl-C reaches only the benchmark, which then kills it (stop_all).
+        server = launch(name, args, self.workdir, module=module, new_session=True)
         self.started.append(server)
         return server
 
     def fogline(self, name: str, *args: str) -> Server:
         """Start ``python -m fogline <args>``."""
-        return self.start(name, ["-m", "fogline", "--log-level", LOG_LEVEL, *args])
+        return self.start(name, ["--log-level", LOG_LEVEL, *args])
 
     def edge(self, name: str, region: str) -> Server:
         """Start an edge master for ``region``."""
@@ -103,20 +70,12 @@ class Servers:
 
     def echo(self, name: str, response_file: Path) -> Server:
         """Start a bare gRPC server answering every ModelInfer with the bytes of ``response_file``."""
-        return self.start(name, ["-m", "bench.echo_server", "--response", str(response_file)])
+        return self.start(name, ["--response", str(response_file)], module="bench.echo_server")
 
     def wait_ready(self, *servers: Server, timeout_s: float = START_TIMEOUT_S) -> None:
         """Wait until each of ``servers`` has written its ready file, and read its endpoints."""
-        deadline = time.monotonic() + timeout_s
         for server in servers:
-            while not server.ready_file.is_file():
-                if server.process.poll() is not None:
-                    raise RuntimeError(f"{server.name} exited with {server.process.returncode}:\n"
-                                       f"{server.log_tail()}")
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{server.name} not ready after {timeout_s}s:\n{server.log_tail()}")
-                time.sleep(0.02)
-            server.endpoints = json.loads(server.ready_file.read_text())
+            wait_ready(server, timeout_s)
 
     def stop_all(self) -> None:
         """Kill every process started (still running or not) and reap it; Ctrl-C waits until done."""
@@ -141,7 +100,7 @@ def wait_registered(edge: Server, device: Server, timeout_s: float = 30.0) -> No
     """Poll the edge's ``/v1/status`` until ``device`` is among its devices."""
     deadline = time.monotonic() + timeout_s
     while True:
-        devices = {d["id"] for d in get_json(edge.status_url)["devices"]}
+        devices = {d["id"] for d in get_json(f"{edge.http}/v1/status")["devices"]}
         if device.name in devices:
             return
         if device.process.poll() is not None:

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.load import Request, Target, Window, call_once, run_load
-from bench.raw_ort import load_session, measure_runs, random_inputs, repeat_rows
-from bench.results import DEVICE, DEVICE_NO_BATCHING, ECHO, EDGE, ORT, ORT_BATCHED, Case, Results
+from bench.raw_ort import load_sessions, measure_runs, random_inputs, repeat_rows
+from bench.results import ALL_CORES, DEVICE, DEVICE_NO_BATCHING, ECHO, EDGE, ORT, ORT_BATCHED, Case, RawSetup, Results
 from bench.servers import Server, Servers, wait_registered
 from fogline.grpc.codec import encode_request
 from fogline.repository import load_model
@@ -86,7 +86,7 @@ class Stack:
 
 
 def _device_target(name: str, device: Server) -> Target:
-    return Target(name, device.grpc, {"device": device.pid}, batch_status_url=device.status_url)
+    return Target(name, device.grpc, {"device": device.pid}, batch_status_url=f"{device.http}/v1/status")
 
 
 async def start_stack(servers: Servers, workdir: Path, repository: Path, requests: dict[str, Request]) -> Stack:
@@ -111,7 +111,7 @@ async def start_stack(servers: Servers, workdir: Path, repository: Path, request
     return Stack(
         device=_device_target(DEVICE, device),
         edge=Target(EDGE, edge.grpc, {"edge": edge.pid, "device": attached.pid},
-                    batch_status_url=attached.status_url),
+                    batch_status_url=f"{attached.http}/v1/status"),
         device_no_batching=_device_target(DEVICE_NO_BATCHING, device_no_batching),
         echo={model: Target(ECHO, s.grpc, {"echo": s.pid}) for model, s in echo_servers.items()},
     )
@@ -129,28 +129,31 @@ def load_cases(stack: Stack) -> Iterator[tuple[Case, Target]]:
         yield Case(BATCHING_MODEL, DEVICE_NO_BATCHING, concurrency), stack.device_no_batching
 
 
-def measure_raw(results: Results, model: str, session: OnnxRuntimeModel, settings: Settings) -> None:
-    """Raw ORT for ``model``: single-request runs, then every batch size."""
-    one_row = random_inputs(session.spec, 1)
-    results.add(Case(model, ORT), measure_runs(session, one_row, 1, settings.raw_single))
-    for batch in RAW_BATCH_SIZES:
-        results.add(Case(model, ORT_BATCHED, batch=batch),
-                    measure_runs(session, repeat_rows(one_row, batch), batch, settings.raw_batch))
+def measure_raw(results: Results, model: str, sessions: dict[RawSetup, OnnxRuntimeModel],
+                settings: Settings) -> None:
+    """Raw ORT for ``model``: single-request runs on all cores, then every setup at every batch size."""
+    one_row = random_inputs(sessions[ALL_CORES].spec, 1)
+    results.add(Case(model, ORT, setup=ALL_CORES), measure_runs(sessions[ALL_CORES], one_row, 1, settings.raw_single))
+    for setup, session in sessions.items():
+        for batch in RAW_BATCH_SIZES:
+            feeds = repeat_rows(one_row, batch)
+            results.add(Case(model, ORT_BATCHED, batch=batch, setup=setup),
+                        measure_runs(session, feeds, batch, settings.raw_batch, parallel=setup.parallel))
 
 
 async def run_suite(settings: Settings, servers: Servers, workdir: Path) -> Results:
     """Start the servers, measure every case ``settings.reps`` times, and return the measurements."""
     repository = build_sample_repository(workdir / "models")
-    sessions = {model: load_session(repository / model) for model in MODELS}
-    requests = {model: Request(model, encode_request(model, random_inputs(s.spec, 1)).SerializeToString())
+    sessions = {model: load_sessions(load_model(repository / model)) for model in MODELS}
+    requests = {model: Request(model, encode_request(model, random_inputs(s[ALL_CORES].spec, 1)).SerializeToString())
                 for model, s in sessions.items()}
     stack = await start_stack(servers, workdir, repository, requests)
     cases = list(load_cases(stack))
     results = Results()
     for rep in range(1, settings.reps + 1):
-        for model, session in sessions.items():
+        for model, model_sessions in sessions.items():
             progress(f"rep {rep}/{settings.reps}: raw ONNX Runtime, {model}")
-            measure_raw(results, model, session, settings)
+            measure_raw(results, model, model_sessions, settings)
         for case, target in cases:
             progress(f"rep {rep}/{settings.reps}: {case.model} via {case.path}, concurrency {case.concurrency}")
             measurement = await run_load(target, requests[case.model], case.concurrency, settings.load)

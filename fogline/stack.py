@@ -1,6 +1,6 @@
 """``fogline up``: a whole hierarchy on this machine, as separate processes, with sample models.
 
-Each process is a ``python -m fogline <tier>`` child writing its log under ``<workdir>/logs`` and
+Each process is a ``python -m fogline <tier>`` child writing its log under ``<workdir>/run`` and
 its bound endpoints to a ready file; the stack waits for each, prints the endpoints and writes
 them, with the process ids, to ``<workdir>/stack.json``. SIGINT/SIGTERM stop every child (SIGTERM,
 so they drain, then SIGKILL after a grace period); a child that dies takes the stack down with it.
@@ -16,24 +16,15 @@ import sys
 import threading
 import time
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fogline.launch import Launched, LaunchError, launch, wait_ready
 from fogline.samples import build_sample_repository
 from fogline.service import write_json_atomic
 
-START_TIMEOUT_S = 60.0
+START_TIMEOUT_S = 60.0  # the first start builds the sample models
 STOP_GRACE_S = 15.0
-
-
-@dataclass
-class Child:
-    name: str
-    process: subprocess.Popen[bytes]
-    ready_file: Path
-    log_file: Path
-    endpoints: dict[str, Any] | None = None
 
 
 class StackError(RuntimeError):
@@ -48,34 +39,20 @@ class LocalStack:
         self.edge_http_port = edge_http_port
         self.devices = devices
         self.region = region
-        self.children: list[Child] = []
+        self.children: list[Launched] = []
         self.state_file = self.workdir / "stack.json"
         self._stop = threading.Event()
 
-    def _spawn(self, name: str, *args: str) -> Child:
-        run_dir, log_dir = self.workdir / "run", self.workdir / "logs"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        log_dir.mkdir(parents=True, exist_ok=True)
-        ready, log = run_dir / f"{name}.json", log_dir / f"{name}.log"
-        ready.unlink(missing_ok=True)
-        with open(log, "ab") as out:
-            process = subprocess.Popen([sys.executable, "-m", "fogline", *args, "--ready-file", str(ready)],
-                                       stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        child = Child(name, process, ready, log)
+    def _spawn(self, name: str, *args: str) -> Launched:
+        child = launch(name, args, self.workdir / "run")
         self.children.append(child)
         return child
 
-    def _wait_ready(self, child: Child) -> dict[str, Any]:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline and not self._stop.is_set():
-            if child.process.poll() is not None:
-                raise StackError(f"{child.name} exited with {child.process.returncode}; "
-                                 f"last log lines:\n{_tail(child.log_file)}")
-            if child.ready_file.is_file():
-                child.endpoints = json.loads(child.ready_file.read_text())
-                return child.endpoints
-            time.sleep(0.05)
-        raise StackError(f"{child.name} not ready after {START_TIMEOUT_S:.0f}s; see {child.log_file}")
+    def _wait_ready(self, child: Launched) -> dict[str, Any]:
+        try:
+            return wait_ready(child, START_TIMEOUT_S, cancelled=self._stop.is_set)
+        except LaunchError as err:
+            raise StackError(str(err)) from None
 
     def start(self) -> dict[str, Any]:
         models = build_sample_repository(self.workdir / "models")
@@ -129,7 +106,7 @@ class LocalStack:
                 dead = [c for c in self.children if c.process.poll() is not None]
                 if dead:
                     print(f"{dead[0].name} exited with {dead[0].process.returncode}; stopping the stack. "
-                          f"Log: {dead[0].log_file}", file=sys.stderr)
+                          f"Log: {dead[0].log_file}\n{dead[0].log_tail()}", file=sys.stderr)
                     code = 1
                     break
         except StackError as err:
@@ -139,13 +116,6 @@ class LocalStack:
             print("stopping...", file=sys.stderr)
             self.stop()
         return code
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 def _print_state(state: dict[str, Any], state_file: Path) -> None:

@@ -1,42 +1,14 @@
-"""Start real Fogline processes (``python -m fogline ...``) for tests, and always stop them."""
+"""Real Fogline processes for tests (``python -m fogline ...``), always stopped at teardown."""
 
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
 import time
-from dataclasses import dataclass, field
+import urllib.request
 from pathlib import Path
 from typing import Any
 
-START_TIMEOUT_S = 60.0
-
-
-@dataclass
-class FoglineProcess:
-    name: str
-    process: subprocess.Popen[bytes]
-    log_file: Path
-    endpoints: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def grpc(self) -> str:
-        return str(self.endpoints["grpc"])
-
-    @property
-    def http(self) -> str:
-        return f"http://{self.endpoints['http']}"
-
-    def log(self) -> str:
-        return self.log_file.read_text(errors="replace")
-
-    def signal(self, sig: signal.Signals) -> None:
-        self.process.send_signal(sig)
-
-    def wait(self, timeout_s: float) -> int:
-        return self.process.wait(timeout_s)
+from fogline.launch import Launched, launch, wait_ready
 
 
 class ProcessGroup:
@@ -44,34 +16,20 @@ class ProcessGroup:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.processes: list[FoglineProcess] = []
+        self.processes: list[Launched] = []
 
-    def start(self, name: str, *args: str, wait: bool = True) -> FoglineProcess:
-        ready = self.workdir / f"{name}.ready.json"
-        log = self.workdir / f"{name}.log"
-        ready.unlink(missing_ok=True)
-        with open(log, "wb") as out:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "fogline", "--log-level", "INFO", *args, "--ready-file", str(ready)],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        proc = FoglineProcess(name, process, log)
+    def start(self, name: str, *args: str, wait: bool = True) -> Launched:
+        proc = launch(name, ["--log-level", "INFO", *args], self.workdir)
         self.processes.append(proc)
         if wait:
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while not ready.is_file():
-                if process.poll() is not None:
-                    raise RuntimeError(f"{name} exited with {process.returncode}:\n{proc.log()[-3000:]}")
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{name} not ready after {START_TIMEOUT_S}s:\n{proc.log()[-3000:]}")
-                time.sleep(0.02)
-            proc.endpoints = json.loads(ready.read_text())
+            wait_ready(proc)
         return proc
 
-    def edge(self, name: str = "edge", region: str = "test", *extra: str) -> FoglineProcess:
+    def edge(self, name: str = "edge", region: str = "test", *extra: str) -> Launched:
         return self.start(name, "edge", "--region", region, "--id", name, *extra)
 
-    def device(self, name: str, models: Path, edge: FoglineProcess | None = None, region: str = "test",
-               *extra: str) -> FoglineProcess:
+    def device(self, name: str, models: Path, edge: Launched | None = None, region: str = "test",
+               *extra: str) -> Launched:
         master = ("--master", edge.endpoints["control"]) if edge is not None else ()
         return self.start(name, "device", "--region", region, "--id", name, "--models", str(models),
                           *master, *extra)
@@ -97,11 +55,9 @@ def wait_for(predicate: Any, timeout_s: float = 10.0, interval_s: float = 0.02, 
 
 
 def get_json(url: str) -> Any:
-    import urllib.request
-
     with urllib.request.urlopen(url, timeout=5) as reply:
         return json.load(reply)
 
 
-def registered_devices(edge: FoglineProcess) -> set[str]:
+def registered_devices(edge: Launched) -> set[str]:
     return {d["id"] for d in get_json(f"{edge.http}/v1/status")["devices"]}

@@ -138,7 +138,7 @@ async def test_sigkill_device_under_load(processes: ProcessGroup, sample_models:
         load = await _warm_load(client, {victim.name, survivor.name}, inputs)
 
         victim.process.kill()
-        await asyncio.to_thread(victim.wait, 10)
+        await asyncio.to_thread(victim.process.wait, 10)
         killed_at = time.monotonic()  # reaped: nothing started after this can run on the victim
 
         # Dropped by the edge once its heartbeats stop for the TTL (3 s by default).
@@ -171,8 +171,8 @@ async def test_sigterm_device_drains_under_load(processes: ProcessGroup, sample_
         load = await _warm_load(client, {victim.name, survivor.name}, inputs)
 
         signalled_at = time.monotonic()
-        victim.signal(signal.SIGTERM)
-        code = await asyncio.to_thread(victim.wait, grace_s + 20)
+        victim.process.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(victim.process.wait, grace_s + 20)
         exited_after = time.monotonic() - signalled_at
         exited_at = time.monotonic()
         await poll(lambda: victim.name not in registered_devices(edge), timeout_s=5,
@@ -208,7 +208,7 @@ async def test_restarted_and_added_devices_get_traffic(processes: ProcessGroup, 
     # d2 dies and comes back on new ports, usually before the edge expires it (then its registration
     # replaces the old one; otherwise it registers afresh).
     d2.process.kill()
-    d2.wait(10)
+    d2.process.wait(10)
     d2_new = processes.device("d2", sample_models, edge, "test")
     new_addresses = (d2_new.grpc, d2_new.endpoints["http"])
     assert new_addresses != (old["address"], old["http"])
