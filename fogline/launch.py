@@ -58,11 +58,13 @@ class Launched:
 
 
 def launch(name: str, args: Sequence[str], workdir: Path, *, module: str = "fogline",
-           new_session: bool = False) -> Launched:
+           new_session: bool = False, log_dir: Path | None = None) -> Launched:
     """Start ``python -m <module> <args> --ready-file <workdir>/<name>.ready.json``, logging to
-    ``<workdir>/<name>.log``; returns at once (see :func:`wait_ready`)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    ready, log = workdir / f"{name}.ready.json", workdir / f"{name}.log"
+    ``<log_dir or workdir>/<name>.log``; returns at once (see :func:`wait_ready`)."""
+    log_dir = log_dir or workdir
+    for directory in (workdir, log_dir):
+        directory.mkdir(parents=True, exist_ok=True)
+    ready, log = workdir / f"{name}.ready.json", log_dir / f"{name}.log"
     ready.unlink(missing_ok=True)
     with open(log, "ab") as out:
         process = subprocess.Popen([sys.executable, "-m", module, *args, "--ready-file", str(ready)],

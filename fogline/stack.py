@@ -1,6 +1,6 @@
 """``fogline up``: a whole hierarchy on this machine, as separate processes, with sample models.
 
-Each process is a ``python -m fogline <tier>`` child writing its log under ``<workdir>/run`` and
+Each process is a ``python -m fogline <tier>`` child writing its log under ``<workdir>/logs`` and
 its bound endpoints to a ready file; the stack waits for each, prints the endpoints and writes
 them, with the process ids, to ``<workdir>/stack.json``. SIGINT/SIGTERM stop every child (SIGTERM,
 so they drain, then SIGKILL after a grace period); a child that dies takes the stack down with it.
@@ -44,7 +44,7 @@ class LocalStack:
         self._stop = threading.Event()
 
     def _spawn(self, name: str, *args: str) -> Launched:
-        child = launch(name, args, self.workdir / "run")
+        child = launch(name, args, self.workdir / "run", log_dir=self.workdir / "logs")
         self.children.append(child)
         return child
 
