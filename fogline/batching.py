@@ -34,9 +34,9 @@ class BatchingSettings:
     """Requests that may wait; beyond it a request is refused with RESOURCE_EXHAUSTED."""
     instances: int = 1
     """Batches of this model that may run at once."""
-    inline_max_us: int = 100
-    """Run a batch on the event loop, not the thread pool, while batches take less than this on
-    average: handing a 20 µs model to a thread and back costs more than running it. 0 = never."""
+    inline_max_us: int = 250
+    """Run a batch on the event loop, not the thread pool, while batches take less CPU than this
+    on average: handing a 50 µs model to a thread and back costs more than running it. 0 = never."""
 
 
 class _Pending:
@@ -81,7 +81,9 @@ class DynamicBatcher:
         self._timer: asyncio.TimerHandle | None = None
         self._flush = False  # the queue delay of the oldest request is over
         self._tasks: set[asyncio.Future[None]] = set()
-        self._batch_time_s = 0.001  # moving average: the retry hint and the inline decision
+        self._batch_time_s = 0.001  # moving average of wall time per batch: the retry hint
+        # Moving average of CPU time per batch, for the inline decision; starts undecided.
+        self._run_cpu_s = settings.inline_max_us / 1e6
 
     @property
     def queue_depth(self) -> int:
@@ -118,7 +120,7 @@ class DynamicBatcher:
                 return
             if not batch:
                 break  # only dead requests were queued
-            if self._batch_time_s * 1e6 < self.settings.inline_max_us:
+            if self._run_cpu_s * 1e6 < self.settings.inline_max_us:
                 self._run_inline(batch)
                 continue
             self._running += 1
@@ -219,10 +221,15 @@ class DynamicBatcher:
             self._on_batch(len(batch), rows, elapsed_s)
 
     def _run_timed(self, batch: list[_Pending]) -> tuple[list[Tensors], float]:
-        """Run in a pool thread or inline; timed here, not around the hand-off, so the inline
-        decision sees the model alone."""
-        started = time.perf_counter()
-        return self._run_split(batch), time.perf_counter() - started
+        """Run in a pool thread or inline; timed here, not around the hand-off. The inline decision
+        uses this thread's CPU time: wall time on a saturated CPU counts preemption, which would
+        push a 20 µs model into the pool exactly when hand-offs cost most."""
+        started, cpu_started = time.perf_counter(), time.thread_time()
+        results = self._run_split(batch)
+        # Clipped, so one outlier (a GC pause) does not flip a fast model; sustained slowness does.
+        cpu_s = min(time.thread_time() - cpu_started, 4 * self.settings.inline_max_us / 1e6)
+        self._run_cpu_s += 0.2 * (cpu_s - self._run_cpu_s)
+        return results, time.perf_counter() - started
 
     def _run_split(self, batch: list[_Pending]) -> list[Tensors]:
         """Concatenate, run and split."""

@@ -10,7 +10,7 @@
     max_queue_delay_us = 0
     max_queue_size = 256
     instances = 1                  # batches run at once; 0 = one per CPU core
-    inline_max_us = 100            # run on the event loop while batches average under this
+    inline_max_us = 250            # run on the event loop while batches average under this much CPU
 
     [[inputs]]
     name = "input"
@@ -100,7 +100,7 @@ def load_model(model_dir: Path) -> ModelConfig:
             max_queue_delay_us=_int(batching, "max_queue_delay_us", 0, config_path),
             max_queue_size=_int(batching, "max_queue_size", 256, config_path, minimum=1),
             instances=_int(batching, "instances", 1, config_path) or os.cpu_count() or 1,
-            inline_max_us=_int(batching, "inline_max_us", 100, config_path),
+            inline_max_us=_int(batching, "inline_max_us", 250, config_path),
         ),
         inputs=_tensors(raw, "inputs", config_path),
         outputs=_tensors(raw, "outputs", config_path),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -208,8 +209,9 @@ async def test_a_fast_model_runs_inline_on_the_event_loop_and_a_slow_one_in_the_
 
     def model(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         threads.append(threading.get_ident())
-        if delay[0]:
-            threading.Event().wait(delay[0])
+        end = time.thread_time() + delay[0]
+        while time.thread_time() < end:  # a slow model burns CPU; sleeping would not count
+            pass
         return {"y": feeds["x"]}
 
     batcher = DynamicBatcher("m", model, BatchingSettings(max_batch_size=4, inline_max_us=500), executor=executor)
