@@ -1,5 +1,6 @@
-"""Cloud master and GPU worker (``fogline cloud``, ``fogline worker``).
+"""The cloud tier: GPU workers (``fogline worker``, :mod:`cloud_master.worker`) and, still to come,
+the cloud master (``fogline cloud``: regions, workers, model catalog, escalation from the edge).
 
-Not built yet: this package arrives with the cloud-tier issue (coordinator, PyTorch GPU workers,
-escalation from the edge). It is the only package besides the worker that may import torch.
+Only the worker imports torch (through ``fogline.runtime.torch``), so this package does not import
+it on its own: the cloud master must run without torch.
 """

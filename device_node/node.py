@@ -1,145 +1,34 @@
-"""Wiring of a device node: model repository -> ONNX Runtime -> batchers -> V2 gRPC + REST,
-membership in the region's edge master, and draining."""
+"""Wiring of a device node: the model server core with ONNX Runtime, serving as tier "device" and
+registering with its region's edge master."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import socket
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
-from fogline.batching import DynamicBatcher
-from fogline.dataplane import LocalDataPlane, ServedModel
-from fogline.grpc.control import GrpcControlClient
-from fogline.grpc.server import DEFAULT_MAX_MESSAGE_BYTES, bind, create_server, set_serving
-from fogline.grpc.v2 import LocalBackend, v2_handler
-from fogline.http import start_http
-from fogline.membership import MembershipLoop
-from fogline.metrics import GaugeSample, Metrics
-from fogline.registry import Load, Member
-from fogline.repository import load_repository
+from fogline.model_server import ModelServer, ModelServerSettings
+from fogline.repository import ConfigError, ModelConfig
 from fogline.runtime.onnx import OnnxRuntimeModel
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True)
-class DeviceSettings:
-    model_repository: Path
-    """Directory with <model>/config.toml and <model>/<version>/model.onnx."""
+class DeviceSettings(ModelServerSettings):
     node_id: str = field(default_factory=lambda: f"device-{socket.gethostname()}")
     """Unique id in the region; the edge master routes and reports by it."""
-    region: str = "default"
-    models: tuple[str, ...] | None = None
-    """Models to load from the repository (default: all)."""
-    host: str = "127.0.0.1"
-    """Interface to listen on."""
-    advertise_host: str | None = None
-    """Address peers use to reach this node (default: host)."""
-    grpc_port: int = 0
-    http_port: int = 0
-    master: str | None = None
-    """host:port of the edge master's control plane; None runs the node stand-alone."""
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    """Largest request or response accepted; larger ones get RESOURCE_EXHAUSTED."""
-    drain_grace_s: float = 10.0
-    """On SIGTERM, how long in-flight requests may take to finish."""
     providers: list[str] | None = None
     """ONNX Runtime execution providers, best first (default: CUDA if present, else CPU)."""
 
 
-class DeviceNode:
+class DeviceNode(ModelServer):
+    """Serves ONNX models with dynamic batching; ``settings.master`` is the edge master's control address."""
+
     def __init__(self, settings: DeviceSettings) -> None:
-        self.settings = settings
-        self.metrics = Metrics("device")
-        self.endpoints: dict[str, Any] = {}
-        self.dataplane: LocalDataPlane | None = None
-        self.membership: MembershipLoop | None = None
+        super().__init__(settings, tier="device", service="device", server_name="fogline-device",
+                         load_runtime=lambda config: load_onnx(config, settings.providers))
 
-    async def start(self) -> dict[str, Any]:
-        s = self.settings
-        configs = load_repository(s.model_repository, s.models)
-        self._executor = ThreadPoolExecutor(max_workers=sum(c.batching.instances for c in configs),
-                                            thread_name_prefix="ort")
-        served = {}
-        for config in configs:
-            runtime = OnnxRuntimeModel(config, providers=s.providers)
-            batcher = DynamicBatcher(config.name, runtime.run, config.batching, executor=self._executor,
-                                     on_batch=self.metrics.batch_observer(config.name))
-            served[config.name] = ServedModel(runtime.spec, batcher, runtime.providers)
-            log.info("loaded %s v%s on %s", config.name, config.version, runtime.providers)
-        self.dataplane = dataplane = LocalDataPlane(s.node_id, "device", served)
-        self.metrics.add_gauges(self._gauges)
 
-        self._server, self._health = create_server(
-            v2_handler(LocalBackend(dataplane, "fogline-device"), self.metrics),
-            max_message_bytes=s.max_message_bytes)
-        grpc_port = bind(self._server, s.host, s.grpc_port)
-        await self._server.start()
-        await set_serving(self._health, True)
-        self._http, http_port = await start_http(self, self.metrics, s.host, s.http_port)
-        advertise = s.advertise_host or s.host
-        self.endpoints = {"id": s.node_id, "region": s.region, "grpc": f"{advertise}:{grpc_port}",
-                          "http": f"{advertise}:{http_port}"}
-        if s.master:
-            self.membership = MembershipLoop(GrpcControlClient(s.master), self._member, self._load)
-            self.membership.start()
-        return dict(self.endpoints)
-
-    def _member(self) -> Member:
-        assert self.dataplane is not None
-        return Member(id=self.settings.node_id, service="device", address=self.endpoints["grpc"],
-                      region=self.settings.region, models=frozenset(self.dataplane.models),
-                      capacity=sum(m.batcher.settings.instances * max(m.spec.max_batch_size, 1)
-                                   for m in self.dataplane.models.values()),
-                      http_address=self.endpoints["http"])
-
-    def _load(self) -> Load:
-        assert self.dataplane is not None
-        running, queued = self.dataplane.load()
-        return Load(in_flight=running, queue_depth=queued)
-
-    def _gauges(self) -> list[GaugeSample]:
-        assert self.dataplane is not None
-        out: list[GaugeSample] = []
-        for name, m in self.dataplane.models.items():
-            out.append(("fogline_queue_depth", "Requests waiting for a batch", {"model": name},
-                        m.batcher.queue_depth))
-            out.append(("fogline_in_flight", "Requests in running batches", {"model": name},
-                        m.batcher.in_flight))
-        return out
-
-    def readiness(self) -> tuple[bool, str]:
-        if self.dataplane is None or not self.dataplane.ready():
-            return False, "draining" if self.dataplane is not None else "starting"
-        if self.membership is not None and not self.membership.registered.is_set():
-            return False, f"not registered with edge master {self.settings.master}"
-        return True, ""
-
-    def status(self) -> dict[str, Any]:
-        assert self.dataplane is not None
-        running, queued = self.dataplane.load()
-        return {
-            "tier": "device",
-            **self.endpoints,
-            "ready": self.readiness()[0],
-            "master": self.settings.master,
-            "registered": self.membership.registered.is_set() if self.membership else None,
-            "load": {"in_flight": running, "queue_depth": queued},
-            "models": self.dataplane.status(),
-        }
-
-    async def drain(self) -> None:
-        assert self.dataplane is not None
-        self.dataplane.draining = True
-        if self.membership is not None:
-            await self.membership.leave()  # the edge stops routing here first
-        await set_serving(self._health, False)
-        await self._server.stop(self.settings.drain_grace_s)  # refuse new calls, finish running ones
-        await self._http.cleanup()
-        if self.membership is not None:
-            await self.membership.control.close()  # type: ignore[attr-defined]
-        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
+def load_onnx(config: ModelConfig, providers: list[str] | None) -> OnnxRuntimeModel:
+    if config.platform != "onnxruntime":
+        raise ConfigError(f"{config.path}: a device node runs ONNX models only, not {config.platform!r}; "
+                          "serve this model on a GPU worker (fogline worker)")
+    return OnnxRuntimeModel(config, providers=providers)

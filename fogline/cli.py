@@ -8,6 +8,12 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from fogline.model_server import ModelServerSettings
+
+S = TypeVar("S", bound="ModelServerSettings")
 
 DEFAULT_HOME = Path(os.environ.get("FOGLINE_HOME", Path.home() / ".fogline"))
 MiB = 1024 * 1024
@@ -24,18 +30,28 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ready-file", type=Path, help="write the bound endpoints here as JSON once serving")
 
 
+def _model_server(p: argparse.ArgumentParser, service: str, id_help: str, master: str) -> None:
+    """The flags of a process that runs models itself (device node, GPU worker)."""
+    _common(p)
+    p.add_argument("--models", type=Path, required=True, help="model repository directory")
+    p.add_argument("--model", action="append", dest="only", help="load only this model (repeatable)")
+    p.add_argument("--id", help=f"{id_help} (default: {service}-<hostname>)")
+    p.add_argument("--master", help=f"{master} control address host:port (omit to run stand-alone)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fogline", description=__doc__)
     parser.add_argument("--log-level", default=os.environ.get("FOGLINE_LOG_LEVEL", "INFO"))
     sub = parser.add_subparsers(dest="command", required=True)
 
     device = sub.add_parser("device", help="run a device node (ONNX Runtime)")
-    _common(device)
-    device.add_argument("--models", type=Path, required=True, help="model repository directory")
-    device.add_argument("--model", action="append", dest="only", help="load only this model (repeatable)")
-    device.add_argument("--id", help="node id, unique in the region (default: device-<hostname>)")
-    device.add_argument("--master", help="edge master control address host:port (omit to run stand-alone)")
+    _model_server(device, "device", "node id, unique in the region", "edge master")
     device.add_argument("--providers", help="comma-separated ONNX Runtime providers, best first")
+
+    worker = sub.add_parser("worker", help="run a cloud GPU worker (PyTorch, CUDA if present)")
+    _model_server(worker, "worker", "worker id, unique among the cloud master's workers", "cloud master")
+    worker.add_argument("--device", choices=("cpu", "cuda"),
+                        help="where models run (default: cuda if torch sees a GPU, else cpu)")
 
     edge = sub.add_parser("edge", help="run an edge master for a region")
     _common(edge)
@@ -70,22 +86,37 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return {"device": _device, "edge": _edge, "up": _up, "infer": _infer, "samples": _samples}[args.command](args)
+    commands = {"device": _device, "worker": _worker, "edge": _edge, "up": _up, "infer": _infer,
+                "samples": _samples}
+    return commands[args.command](args)
+
+
+def _model_server_settings(cls: type[S], args: argparse.Namespace, **extra: Any) -> S:
+    """Settings of a device node or GPU worker from the flags of :func:`_model_server`."""
+    settings = cls(
+        model_repository=args.models, models=tuple(args.only) if args.only else None, region=args.region,
+        host=args.host, advertise_host=args.advertise_host, grpc_port=args.grpc_port, http_port=args.http_port,
+        master=args.master, max_message_bytes=args.max_message_mb * MiB, drain_grace_s=args.drain_grace_s,
+        **extra,
+    )
+    if args.id:
+        settings.node_id = args.id
+    return settings
 
 
 def _device(args: argparse.Namespace) -> int:
     from device_node import DeviceNode, DeviceSettings
     from fogline.service import run
 
-    settings = DeviceSettings(
-        model_repository=args.models, models=tuple(args.only) if args.only else None, region=args.region,
-        host=args.host, advertise_host=args.advertise_host, grpc_port=args.grpc_port, http_port=args.http_port,
-        master=args.master, max_message_bytes=args.max_message_mb * MiB, drain_grace_s=args.drain_grace_s,
-        providers=args.providers.split(",") if args.providers else None,
-    )
-    if args.id:
-        settings.node_id = args.id
-    return run(DeviceNode(settings), args.ready_file)
+    providers = args.providers.split(",") if args.providers else None
+    return run(DeviceNode(_model_server_settings(DeviceSettings, args, providers=providers)), args.ready_file)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from cloud_master.worker import GpuWorker, WorkerSettings
+    from fogline.service import run
+
+    return run(GpuWorker(_model_server_settings(WorkerSettings, args, device=args.device)), args.ready_file)
 
 
 def _edge(args: argparse.Namespace) -> int:

@@ -1,10 +1,12 @@
-"""The model repository on disk: ``<root>/<model>/config.toml`` and ``<root>/<model>/<version>/model.onnx``.
+"""The model repository on disk: ``<root>/<model>/config.toml`` and ``<root>/<model>/<version>/<file>``,
+where the file is ``model.onnx`` (platform ``onnxruntime``) or a TorchScript ``model.pt`` (``pytorch``).
 
-``config.toml`` (every key optional; inputs and outputs default to what the model file declares)::
+``config.toml`` (every key optional; inputs and outputs default to what an ONNX file declares, and a
+``pytorch`` model must declare them: a TorchScript file does not say what it takes)::
 
-    platform = "onnxruntime"
+    platform = "onnxruntime"       # or "pytorch" (GPU workers only)
     max_batch_size = 64            # 0: no batch dimension
-    intra_op_threads = 0           # ONNX Runtime threads per run; 0 = its default
+    intra_op_threads = 0           # threads per run (ONNX Runtime; PyTorch: process-wide); 0 = its default
 
     [batching]
     max_queue_delay_us = 0
@@ -38,7 +40,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-PLATFORM_FILES = {"onnxruntime": "model.onnx"}
+PLATFORM_FILES = {"onnxruntime": "model.onnx", "pytorch": "model.pt"}
+# Platforms whose model file carries no input/output signature: config.toml must declare it.
+UNDESCRIBED_PLATFORMS = frozenset({"pytorch"})
 
 
 class ConfigError(ValueError):
@@ -88,6 +92,11 @@ def load_model(model_dir: Path) -> ModelConfig:
         raise ConfigError(f"{path} does not exist")
     max_batch_size = _int(raw, "max_batch_size", 0, config_path)
     batching = raw.get("batching", {})
+    inputs, outputs = _tensors(raw, "inputs", config_path), _tensors(raw, "outputs", config_path)
+    if platform in UNDESCRIBED_PLATFORMS and (not inputs or not outputs):
+        raise ConfigError(
+            f"{config_path}: platform {platform!r} needs [[inputs]] and [[outputs]] tables (name, datatype, "
+            f"shape) in the order the model takes and returns them: {path.name} does not say what they are")
     return ModelConfig(
         name=raw.get("name", model_dir.name),
         version=version,
@@ -102,8 +111,8 @@ def load_model(model_dir: Path) -> ModelConfig:
             instances=_int(batching, "instances", 1, config_path) or os.cpu_count() or 1,
             inline_max_us=_int(batching, "inline_max_us", 250, config_path),
         ),
-        inputs=_tensors(raw, "inputs", config_path),
-        outputs=_tensors(raw, "outputs", config_path),
+        inputs=inputs,
+        outputs=outputs,
     )
 
 

@@ -9,6 +9,23 @@ from fogline.samples import build_sample_repository
 from tests.processes import ProcessGroup
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the tests marked ``gpu`` unless torch sees CUDA."""
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_tests:
+        return
+    try:
+        import torch  # NOTE: only here: most runs collect no gpu test and never pay for importing torch
+    except ImportError:
+        reason = "needs CUDA; torch is not installed"
+    else:
+        if torch.cuda.is_available():
+            return
+        reason = f"needs CUDA; torch {torch.__version__} sees no GPU"
+    for item in gpu_tests:
+        item.add_marker(pytest.mark.skip(reason=reason))
+
+
 @pytest.fixture(scope="session")
 def sample_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The sample model repository (mlp, cnn), built once per test session."""

@@ -34,6 +34,9 @@ class ProcessGroup:
         return self.start(name, "device", "--region", region, "--id", name, "--models", str(models),
                           *master, *extra)
 
+    def worker(self, name: str, models: Path, *extra: str) -> Launched:
+        return self.start(name, "worker", "--id", name, "--models", str(models), *extra)
+
     def stop_all(self) -> None:
         for proc in self.processes:
             if proc.process.poll() is None:

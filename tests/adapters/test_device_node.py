@@ -10,6 +10,7 @@ import aiohttp
 import grpc
 import numpy as np
 import onnxruntime as ort
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from device_node import DeviceNode, DeviceSettings
@@ -18,6 +19,7 @@ from fogline._proto import inference_pb2 as pb
 from fogline._proto import inference_pb2_grpc as pb_grpc
 from fogline.errors import FoglineError
 from fogline.grpc.codec import decode_outputs
+from fogline.repository import ConfigError
 from tests.adapters.conftest import until
 
 
@@ -107,3 +109,16 @@ async def test_draining_refuses_new_calls_after_finishing_running_ones(sample_mo
         await node.drain()
         results = await asyncio.gather(*running)
         assert all(r.outputs["logits"].shape == (8, 10) for r in results)
+
+
+async def test_a_pytorch_model_is_refused_with_a_pointer_to_the_gpu_worker(tmp_path: Path) -> None:
+    (tmp_path / "heavy" / "1").mkdir(parents=True)
+    (tmp_path / "heavy" / "1" / "model.pt").write_bytes(b"")  # never read: refused by platform
+    (tmp_path / "heavy" / "config.toml").write_text(
+        'platform = "pytorch"\n'
+        '[[inputs]]\nname = "x"\ndatatype = "FP32"\nshape = [8]\n'
+        '[[outputs]]\nname = "y"\ndatatype = "FP32"\nshape = [3]\n')
+    node = DeviceNode(DeviceSettings(model_repository=tmp_path))
+    with pytest.raises(ConfigError, match="a device node runs ONNX models only, not 'pytorch'; "
+                                          r"serve this model on a GPU worker \(fogline worker\)"):
+        await node.start()

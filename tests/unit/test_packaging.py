@@ -1,4 +1,4 @@
-"""Packaging promises: the edge tiers never import torch; a missing ONNX Runtime says what to install."""
+"""Packaging promises: the edge tiers (and the cloud master) never import torch; a missing ONNX Runtime says what to install."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 from fogline.runtime import onnx as onnx_runtime
 
 
-@pytest.mark.parametrize("module", ["device_node.node", "edge_master.master", "fogline.cli", "fogline.client"])
+@pytest.mark.parametrize("module", ["device_node.node", "edge_master.master", "fogline.cli", "fogline.client",
+                                    "fogline.model_server", "cloud_master"])
 def test_edge_tiers_and_the_sdk_never_import_torch(module: str) -> None:
     code = (f"import sys, {module}, fogline.stack, fogline.grpc.forward, fogline.runtime.onnx; "
             "sys.exit('torch' in sys.modules)")
