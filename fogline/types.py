@@ -119,3 +119,22 @@ class InferResponse:
     outputs: dict[str, np.ndarray]
     id: str = ""
     parameters: dict[str, ParameterValue] = field(default_factory=dict)
+
+
+# Values of `fogline.tier`: as a request hint (`auto` lets the edge master choose) and in responses.
+TIER_AUTO = "auto"
+TIER_DEVICE = "device"
+TIER_CLOUD = "cloud"
+TIERS = (TIER_AUTO, TIER_DEVICE, TIER_CLOUD)
+
+# Values of `fogline.route`: why a request ran where it did (DESIGN.md §2).
+ROUTE_HINT = "hint"
+ROUTE_PLACEMENT = "placement"
+ROUTE_OVERFLOW = "overflow"
+ROUTE_FAILOVER = "failover"
+ROUTE_CASCADE_HARD = "cascade-hard"
+ROUTE_CASCADE_EASY = "cascade-easy"
+ROUTE_DEGRADED = "degraded"
+
+# Set to true on a cascade's device answer returned because the cloud was unreachable.
+PARAM_DEGRADED = "fogline.degraded"
