@@ -1,0 +1,546 @@
+"""Resilience per upstream endpoint (DESIGN.md §5): a circuit breaker, ejection limits for a pool,
+and a retry budget.
+
+Pure domain logic: no I/O, no protocol imports, time from an injected clock and jitter from an
+injected ``random.Random``. A dispatcher uses them per request like this::
+
+    plan = limits.routable([breakers[e.id].health(e.id) for e in candidates])
+    endpoint = pick one of plan.ids                     # power of two choices, hash ring, ...
+    permit = breakers[endpoint.id].allow(force=endpoint.id in plan.forced)
+    # permit None: the breaker refuses; pick another endpoint
+    # send, then: breaker.record(permit, Outcome.of(code), latency_s)
+    #   or, when our own caller cancelled: breaker.release(permit)
+    # before sending a retry to another endpoint: budget.try_spend()
+
+Only UNAVAILABLE, DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED count against a peer
+(``PEER_FAILURE_CODES``): a client's bad input is an answer from a healthy peer.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from fogline.errors import PEER_FAILURE_CODES, ErrorCode
+
+Clock = Callable[[], float]
+
+
+def classify(code: ErrorCode | None) -> bool:
+    """True if a call that ended with ``code`` counts against the peer's health; None is a success.
+    NOT_FOUND, INVALID_ARGUMENT and INTERNAL do not: the peer answered."""
+    return code in PEER_FAILURE_CODES
+
+
+class Outcome(enum.Enum):
+    """How a call went, as far as the peer's health is concerned."""
+
+    SUCCESS = "success"
+    FAILURE = "failure"
+
+    @classmethod
+    def of(cls, code: ErrorCode | None) -> Outcome:
+        """The outcome of a call that ended with ``code`` (None: it succeeded)."""
+        return cls.FAILURE if classify(code) else cls.SUCCESS
+
+
+class BreakerState(enum.Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class PermitKind(enum.Enum):
+    CALL = "call"
+    """The breaker is closed: an ordinary call."""
+    PROBE = "probe"
+    """The breaker is half-open: the call holds a probe slot until it reports or its deadline passes."""
+    FORCED = "forced"
+    """The breaker refuses, but the pool's ejection limits keep the endpoint in: the outcome is
+    counted in no window and moves no state; the breaker recovers through its own probes."""
+
+
+@dataclass(eq=False, slots=True)
+class Permit:
+    """Leave to make one call to an endpoint. Hand it back once: record() or release()."""
+
+    kind: PermitKind
+    epoch: int
+    """The breaker's state period it was issued in: an outcome counts only in that period."""
+    deadline: float = math.inf
+    """A probe's deadline on the breaker's clock: unreported by then, it counts as failed. Other
+    permits have none here: the caller's own deadline bounds them."""
+    settled: bool = field(default=False, init=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BreakerSettings:
+    """When a breaker opens, for how long, and how it closes again.
+
+    Envoy's outlier detection (consecutive_5xx 5, interval 10 s, base_ejection_time 30 s) and
+    resilience4j (slidingWindowSize 100, minimumNumberOfCalls 100, failureRateThreshold 50%,
+    slowCallDurationThreshold 60 s, waitDurationInOpenState 60 s, permittedNumberOfCallsInHalfOpenState
+    10) are tuned for large server fleets and calls of seconds. Fogline's defaults are much shorter:
+    an inference call on the edge takes tens of milliseconds, a pool holds a handful of device nodes
+    that each see a few to a few hundred requests a second, and a dead peer must be ejected within a
+    second, long before Consul's health checks drop it (about a minute). So every rule is checked on
+    each call, as Envoy checks consecutive_5xx, not once per interval as its rate analysis does: ten
+    seconds of a dead peer would be ten seconds of failed requests. Being wrong is cheap: a false trip
+    costs one second without one endpoint, and every open period ends in a probe.
+    """
+
+    window_size: int = 20
+    """Calls in the sliding window the failure and slow-call rates are taken over. resilience4j's 100
+    calls are several seconds of a sick device node at edge traffic; 20 are about the last second of a
+    busy one."""
+    minimum_calls: int = 10
+    """Calls the window must hold before its rates can open the breaker (resilience4j: 100). Ten is
+    the least where a 50% rate (five failures) is more than noise; a dead peer at lower traffic is
+    caught by ``consecutive_failures`` instead."""
+    failure_rate_threshold: float = 0.5
+    """Share of failed calls in the window (at or above) that opens the breaker; resilience4j's 50%:
+    a peer failing half its calls costs more in retries than its capacity is worth."""
+    consecutive_failures: int = 3
+    """Failures in a row that open the breaker at once (Envoy's consecutive_5xx: 5). Every failure is
+    a user request spending the retry budget, and three in a row from a peer that answered none of
+    them is a clear verdict: at three requests a second the peer is out within a second."""
+    slow_call_s: float = 1.0
+    """A call at least this long counts as slow (resilience4j: 60 s). Edge calls take tens of
+    milliseconds; one over a second has already missed any interactive budget."""
+    slow_call_rate_threshold: float = 0.5
+    """Share of slow calls in the window (at or above) that opens the breaker. resilience4j's 100%
+    never trips on a peer that is merely mostly slow; a peer that makes half its callers wait over a
+    second hurts them as much as one that fails them."""
+    base_open_s: float = 1.0
+    """How long the first trip keeps the breaker open (Envoy: 30 s, resilience4j: 60 s). A device
+    node restarts in seconds and a pool of four misses a quarter of its capacity while one is out,
+    so a recovered peer should be back within a second or two; a probe costs one request."""
+    open_backoff: float = 2.0
+    """Growth of the open time per consecutive trip (Envoy grows it linearly per ejection, up to
+    300 s), so a peer that keeps failing its probes costs ever fewer requests."""
+    max_open_s: float = 10.0
+    """Cap of the open time: a peer that comes back after a long outage (a reboot) is found within
+    ten seconds, at the price of one probe per ten seconds while it is down."""
+    open_jitter: float = 0.2
+    """The open time is scaled by a uniform factor in [1 - jitter, 1 + jitter], after the cap, so that
+    the breakers of many edge masters that tripped on one outage do not probe the peer in lockstep."""
+    half_open_probes: int = 2
+    """Probes in flight at once while half-open (resilience4j: 10). Two, so that one slow probe does
+    not hold up a peer that is fine; few, since each probe to a peer still down is a user request."""
+    probe_successes: int = 3
+    """Successful probes (any failure reopens first) that close the breaker again."""
+    probe_timeout_s: float = 1.0
+    """A probe unreported after this long counts as failed and frees its slot, so a hung peer cannot
+    wedge the breaker half-open. Equal to ``slow_call_s``: a later answer would count as slow anyway."""
+    healthy_reset_s: float = 30.0
+    """After the breaker has stayed closed this long, its next trip counts as the first again and
+    opens it for ``base_open_s``; a peer that flaps sooner keeps its longer open time."""
+
+    def __post_init__(self) -> None:
+        rates_ok = 0 < self.failure_rate_threshold <= 1 and 0 < self.slow_call_rate_threshold <= 1
+        counts_ok = 1 <= self.minimum_calls <= self.window_size and self.consecutive_failures >= 1
+        probes_ok = self.half_open_probes >= 1 and self.probe_successes >= 1 and self.probe_timeout_s > 0
+        open_ok = 0 < self.base_open_s <= self.max_open_s and self.open_backoff >= 1 and 0 <= self.open_jitter < 1
+        if not (rates_ok and counts_ok and probes_ok and open_ok and self.slow_call_s > 0
+                and self.healthy_reset_s >= 0):
+            raise ValueError(f"inconsistent breaker settings: need rates in (0, 1], 1 <= minimum_calls <= "
+                             f"window_size, counts >= 1, 0 < base_open_s <= max_open_s, open_backoff >= 1, "
+                             f"0 <= open_jitter < 1 and positive times; got {self}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EndpointHealth:
+    """One endpoint of a pool as the ejection limits see it."""
+
+    id: str
+    ejected: bool = False
+    """Its breaker refuses calls now (open, or half-open with every probe slot taken)."""
+    failure_rate: float = 0.0
+    """Failure rate of its breaker's window (frozen at the trip while it is not closed)."""
+    ejected_since: float | None = None
+    """When its current outage began: the first trip since it was last closed."""
+
+
+class _CallWindow:
+    """The failed and slow flags of the last ``size`` calls, with running counts."""
+
+    def __init__(self, size: int) -> None:
+        self._calls: deque[tuple[bool, bool]] = deque(maxlen=size)
+        self.failures = 0
+        self.slow = 0
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def add(self, failed: bool, slow: bool) -> None:
+        if len(self._calls) == self._calls.maxlen:
+            old_failed, old_slow = self._calls[0]
+            self.failures -= old_failed
+            self.slow -= old_slow
+        self._calls.append((failed, slow))
+        self.failures += failed
+        self.slow += slow
+
+    def clear(self) -> None:
+        self._calls.clear()
+        self.failures = self.slow = 0
+
+    @property
+    def failure_rate(self) -> float:
+        return self.failures / len(self._calls) if self._calls else 0.0
+
+    @property
+    def slow_rate(self) -> float:
+        return self.slow / len(self._calls) if self._calls else 0.0
+
+
+class CircuitBreaker:
+    """The health of one upstream endpoint: closed (calls go through), open (calls are refused),
+    half-open (a bounded number of probes decide between the two).
+
+    Time-driven transitions (open → half-open, an expired probe) happen when the breaker is next
+    asked, as of the moment they fell due. ``trips``, ``rejections`` and ``expired_probes`` are
+    monotonic counters for metrics.
+    """
+
+    def __init__(self, settings: BreakerSettings = BreakerSettings(), *, clock: Clock = time.monotonic,
+                 rng: random.Random | None = None) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._state = BreakerState.CLOSED
+        self._epoch = 0
+        self._window = _CallWindow(settings.window_size)
+        self._consecutive_failures = 0
+        self._streak = 0  # trips since the breaker last stayed closed for healthy_reset_s
+        self._closed_at = -math.inf
+        self._outage_since: float | None = None
+        self._open_until = 0.0
+        self._probes: set[Permit] = set()
+        self._probe_successes = 0
+        self.last_trip_reason: str | None = None
+        self.trips = 0
+        self.rejections = 0
+        self.expired_probes = 0
+
+    @property
+    def state(self) -> BreakerState:
+        self._advance(self._clock())
+        return self._state
+
+    @property
+    def accepting(self) -> bool:
+        """True if ``allow()`` would give a permit now; changes nothing else."""
+        self._advance(self._clock())
+        return self._accepting()
+
+    def allow(self, *, force: bool = False) -> Permit | None:
+        """A permit for one call, or None if the breaker refuses it. ``force``: the pool's ejection
+        limits keep this endpoint in, so give a FORCED permit rather than refuse."""
+        now = self._clock()
+        self._advance(now)
+        if self._state is BreakerState.CLOSED:
+            return Permit(PermitKind.CALL, self._epoch)
+        if self._accepting():
+            permit = Permit(PermitKind.PROBE, self._epoch, now + self.settings.probe_timeout_s)
+            self._probes.add(permit)
+            return permit
+        if force:
+            return Permit(PermitKind.FORCED, self._epoch)
+        self.rejections += 1
+        return None
+
+    def record(self, permit: Permit, outcome: Outcome, latency_s: float) -> None:
+        """The outcome of the call ``permit`` allowed, and how long it took. An outcome from an
+        earlier state period (the call was sent before the breaker last changed state, or the probe
+        already expired) is ignored: one outage counts once."""
+        now = self._clock()
+        self._advance(now)
+        if not self._settle(permit):
+            return
+        failed = outcome is Outcome.FAILURE
+        slow = latency_s >= self.settings.slow_call_s
+        if permit.kind is PermitKind.PROBE:
+            self._probes.discard(permit)
+            self._on_probe(now, healthy=not (failed or slow))
+        else:
+            self._on_call(now, failed, slow)
+
+    def release(self, permit: Permit) -> None:
+        """Hand back a permit whose call says nothing about the peer (our own caller cancelled it),
+        freeing its probe slot."""
+        self._advance(self._clock())
+        if self._settle(permit):
+            self._probes.discard(permit)
+
+    def health(self, endpoint_id: str) -> EndpointHealth:
+        """This endpoint as :class:`EjectionLimits` sees it."""
+        self._advance(self._clock())
+        ejected = not self._accepting()
+        return EndpointHealth(id=endpoint_id, ejected=ejected, failure_rate=self._window.failure_rate,
+                              ejected_since=self._outage_since if ejected else None)
+
+    def snapshot(self) -> dict[str, object]:
+        """The breaker for ``/v1/status``; times are on the breaker's clock."""
+        now = self._clock()
+        self._advance(now)
+        open_until = self._open_until if self._state is BreakerState.OPEN else None
+        return {
+            "state": self._state.value,
+            "failure_rate": self._window.failure_rate,
+            "slow_call_rate": self._window.slow_rate,
+            "calls_in_window": len(self._window),
+            "consecutive_failures": self._consecutive_failures,
+            "trips": self.trips,
+            "consecutive_trips": self._current_streak(now),
+            "last_trip_reason": self.last_trip_reason,
+            "open_until": open_until,
+            "open_remaining_s": None if open_until is None else open_until - now,
+            "probes_in_flight": len(self._probes),
+            "probe_successes": self._probe_successes,
+            "rejections": self.rejections,
+            "expired_probes": self.expired_probes,
+        }
+
+    def _accepting(self) -> bool:
+        return self._state is BreakerState.CLOSED or (
+            self._state is BreakerState.HALF_OPEN and len(self._probes) < self.settings.half_open_probes)
+
+    def _settle(self, permit: Permit) -> bool:
+        """Mark ``permit`` reported; True if its outcome still counts."""
+        if permit.settled:
+            raise ValueError(f"permit {permit} was already reported")
+        permit.settled = True
+        return permit.epoch == self._epoch and permit.kind is not PermitKind.FORCED
+
+    def _advance(self, now: float) -> None:
+        """Apply the transitions that fell due by ``now``, at the moment each fell due."""
+        if self._state is BreakerState.HALF_OPEN and self._probes:
+            deadline = min(p.deadline for p in self._probes)
+            if deadline <= now:
+                self.expired_probes += 1
+                self._trip(deadline, "probe_timeout")
+        if self._state is BreakerState.OPEN and now >= self._open_until:
+            self._enter(BreakerState.HALF_OPEN)
+
+    def _on_call(self, now: float, failed: bool, slow: bool) -> None:
+        self._window.add(failed, slow)
+        self._consecutive_failures = self._consecutive_failures + 1 if failed else 0
+        reason = self._trip_reason()
+        if reason is not None:
+            self._trip(now, reason)
+
+    def _trip_reason(self) -> str | None:
+        settings, window = self.settings, self._window
+        if self._consecutive_failures >= settings.consecutive_failures:
+            return "consecutive_failures"
+        if len(window) < settings.minimum_calls:
+            return None
+        if window.failure_rate >= settings.failure_rate_threshold:
+            return "failure_rate"
+        if window.slow_rate >= settings.slow_call_rate_threshold:
+            return "slow_call_rate"
+        return None
+
+    def _on_probe(self, now: float, *, healthy: bool) -> None:
+        if not healthy:
+            self._trip(now, "probe_failed")
+            return
+        self._probe_successes += 1
+        if self._probe_successes >= self.settings.probe_successes:
+            self._close(now)
+
+    def _trip(self, now: float, reason: str) -> None:
+        if self._state is BreakerState.CLOSED:
+            self._streak = self._current_streak(now)
+            self._outage_since = now
+        self._streak += 1
+        self.trips += 1
+        self.last_trip_reason = reason
+        self._open_until = now + self._open_duration()
+        self._enter(BreakerState.OPEN)
+
+    def _close(self, now: float) -> None:
+        self._closed_at = now
+        self._outage_since = None
+        self._window.clear()
+        self._consecutive_failures = 0
+        self._enter(BreakerState.CLOSED)
+
+    def _enter(self, state: BreakerState) -> None:
+        self._state = state
+        self._epoch += 1  # NOTE: outstanding permits now belong to a past period
+        self._probes.clear()
+        self._probe_successes = 0
+
+    def _current_streak(self, now: float) -> int:
+        healed = self._state is BreakerState.CLOSED and now - self._closed_at >= self.settings.healthy_reset_s
+        return 0 if healed else self._streak
+
+    def _open_duration(self) -> float:
+        """base_open_s grown by open_backoff per consecutive trip, capped, then jittered."""
+        settings = self.settings
+        growth = (self._streak - 1) * math.log(settings.open_backoff)
+        if growth >= math.log(settings.max_open_s / settings.base_open_s):
+            duration = settings.max_open_s
+        else:
+            duration = settings.base_open_s * settings.open_backoff ** (self._streak - 1)
+        return duration * (1 + settings.open_jitter * self._rng.uniform(-1.0, 1.0))
+
+
+# --- Ejection limits -------------------------------------------------------------------------------
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Routable:
+    """Which endpoints of a pool a request may go to."""
+
+    ids: tuple[str, ...]
+    """The routable endpoints, in the order given."""
+    forced: frozenset[str]
+    """Those among ``ids`` whose breakers refuse calls but which the limits keep in: ask their
+    breakers ``allow(force=True)``."""
+    ejected: tuple[str, ...]
+    """The endpoints left out."""
+    panic: bool
+    """Too few endpoints are healthy to trust the breakers: every endpoint is routable."""
+
+
+def _worst_first(endpoint: EndpointHealth) -> tuple[float, float, str]:
+    since = math.inf if endpoint.ejected_since is None else endpoint.ejected_since
+    return since, -endpoint.failure_rate, endpoint.id
+
+
+@dataclass(frozen=True, kw_only=True)
+class EjectionLimits:
+    """How much of a pool its breakers may take out of routing.
+
+    Rule: below ``panic_threshold`` healthy, route to every endpoint. Otherwise eject at most
+    ``floor(max_ejected_share * pool size)`` endpoints, the worst first: the longest out (its breaker
+    has failed every probe since), then the highest failure rate, then by id. The rest of the ejected
+    endpoints, those whose breakers opened last, stay routable.
+    """
+
+    max_ejected_share: float = 0.5
+    """Most of a pool that may be ejected (Envoy's max_ejection_percent: 10%). Envoy's share suits
+    clusters of hundreds; in an edge pool of three to ten device nodes it leaves only the one ejection
+    Envoy always allows, while a shared cause (a switch, a power strip) can take half. Sending work to
+    dead peers costs failures and retries, whereas the healthy half sheds excess with
+    RESOURCE_EXHAUSTED and the edge can overflow to the cloud. Half still guards against a fault of
+    our own (our network, a bad push) opening every breaker at once. Any pool of two or more may
+    eject at least one."""
+    panic_threshold: float = 0.25
+    """Below this share of healthy endpoints, route to all of them rather than crush the last few
+    (Envoy's healthy_panic_threshold: 50%). Lower than Envoy's, so that in a small pool the cap above
+    decides first: panic is for when nearly all are out and the verdicts are likely a common cause."""
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.max_ejected_share <= 1 and 0 <= self.panic_threshold <= 1):
+            raise ValueError(f"max_ejected_share and panic_threshold must lie in [0, 1], got {self}")
+
+    def routable(self, endpoints: Sequence[EndpointHealth]) -> Routable:
+        """The endpoints of one pool that a request may go to, and whether the pool is in panic."""
+        ejected = [e for e in endpoints if e.ejected]
+        if not ejected:
+            return Routable(ids=tuple(e.id for e in endpoints), forced=frozenset(), ejected=(), panic=False)
+        panic = len(endpoints) - len(ejected) < self.panic_threshold * len(endpoints)
+        cap = 0 if panic else math.floor(self.max_ejected_share * len(endpoints) + 1e-9)
+        ranked = sorted(ejected, key=_worst_first)
+        out = {e.id for e in ranked[:cap]}
+        return Routable(ids=tuple(e.id for e in endpoints if e.id not in out),
+                        forced=frozenset(e.id for e in ranked[cap:]),
+                        ejected=tuple(e.id for e in endpoints if e.id in out), panic=panic)
+
+
+# --- Retry budget ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True, kw_only=True)
+class RetryBudgetSettings:
+    """How many retries a dispatcher may send (Finagle's and Linkerd's budget: 20% of requests over
+    10 s plus 10 retries a second)."""
+
+    retry_ratio: float = 0.2
+    """Retries allowed per request in the window: a failing pool sees at most 20% extra load."""
+    min_retries_per_s: float = 2.0
+    """Floor of the budget, so that a quiet dispatcher can still retry (Finagle: 10 a second). An edge
+    master sees tens of requests a second, where 10 would let retries double the load on a struggling
+    pool; 2 takes over from the ratio only below 10 requests a second."""
+    window_s: float = 10.0
+    """Requests and retries count for this long (Finagle's ttl), long enough to span a burst."""
+    buckets: int = 10
+    """Time buckets of the sliding window; counts leave it one bucket (1 s by default) at a time."""
+
+    def __post_init__(self) -> None:
+        if self.retry_ratio < 0 or self.min_retries_per_s < 0 or self.window_s <= 0 or self.buckets < 1:
+            raise ValueError(f"need retry_ratio >= 0, min_retries_per_s >= 0, window_s > 0 and buckets >= 1, "
+                             f"got {self}")
+
+
+@dataclass(slots=True)
+class _Bucket:
+    index: int
+    requests: int = 0
+    retries: int = 0
+
+
+class RetryBudget:
+    """Retries as a share of live traffic, over a sliding window of time buckets.
+
+    ``record_request()`` for each first attempt (retries are not traffic to take a share of);
+    ``try_spend()`` before each retry. ``requests_total``, ``retries_total`` and ``rejected_total``
+    are monotonic counters for metrics.
+    """
+
+    def __init__(self, settings: RetryBudgetSettings = RetryBudgetSettings(), *,
+                 clock: Clock = time.monotonic) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._bucket_s = settings.window_s / settings.buckets
+        self._buckets: deque[_Bucket] = deque()
+        self.requests_total = 0
+        self.retries_total = 0
+        self.rejected_total = 0
+
+    def record_request(self) -> None:
+        """A request's first attempt went out."""
+        self._current().requests += 1
+        self.requests_total += 1
+
+    def try_spend(self) -> bool:
+        """Take one retry from the budget; False (and counted) if it is spent."""
+        bucket = self._current()
+        if self.available() < 1:
+            self.rejected_total += 1
+            return False
+        bucket.retries += 1
+        self.retries_total += 1
+        return True
+
+    def available(self) -> float:
+        """Retries the budget holds now."""
+        self._current()
+        settings = self.settings
+        requests = sum(b.requests for b in self._buckets)
+        retries = sum(b.retries for b in self._buckets)
+        return settings.retry_ratio * requests + settings.min_retries_per_s * settings.window_s - retries
+
+    def snapshot(self) -> dict[str, object]:
+        """The budget for ``/v1/status``."""
+        available = self.available()
+        return {"requests_in_window": sum(b.requests for b in self._buckets),
+                "retries_in_window": sum(b.retries for b in self._buckets), "available": available,
+                "requests_total": self.requests_total, "retries_total": self.retries_total,
+                "rejected_total": self.rejected_total}
+
+    def _current(self) -> _Bucket:
+        """The bucket of now, after dropping those that left the window."""
+        index = math.floor(self._clock() / self._bucket_s)
+        while self._buckets and self._buckets[0].index <= index - self.settings.buckets:
+            self._buckets.popleft()
+        if not self._buckets or self._buckets[-1].index != index:
+            self._buckets.append(_Bucket(index))
+        return self._buckets[-1]
