@@ -12,7 +12,7 @@ from fogline.grpc.codec import set_parameters
 from fogline.grpc.upstream import GrpcUpstream
 from fogline.grpc.v2 import V2Backend
 from fogline.grpc.wire import length_delimited
-from fogline.types import PARAM_ATTEMPTS, PARAM_NODE, PARAM_ROUTE, PARAM_SESSION, PARAM_TIER
+from fogline.types import PARAM_ATTEMPTS, PARAM_NODE, PARAM_ROUTE, PARAM_SESSION, PARAM_TIER, ROUTE_PLACEMENT
 
 METADATA_TIMEOUT_S = 5.0
 T = TypeVar("T")
@@ -46,7 +46,7 @@ class ForwardingBackend(V2Backend):
         done = await self.dispatcher.infer(request.model_name, data, session=session, deadline=deadline)
         # The caller's id goes back in (an upstream stream re-tags requests), then the routing tags.
         return done.response + length_delimited(3, request.id.encode()) + self._suffix(
-            done.endpoint, "placement", done.attempts)
+            done.endpoint, ROUTE_PLACEMENT, done.attempts)
 
     def _suffix(self, node: str, route: str, attempts: int) -> bytes:
         key = (node, route, attempts)
