@@ -1,5 +1,6 @@
 """Wiring of an edge master: the region's embedded registry (control plane, its own server), the
-device pool and dispatcher behind the V2 service, REST status, and draining."""
+device pool and dispatcher behind the V2 service, membership in the cloud master when one is given,
+REST status, and draining."""
 
 from __future__ import annotations
 
@@ -11,14 +12,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fogline.dispatch import Dispatcher, DispatchSettings
-from fogline.grpc.control import CONTROL_MAX_MESSAGE_BYTES, ControlServicer, add_control
+from fogline.grpc.control import CONTROL_MAX_MESSAGE_BYTES, ControlServicer, GrpcControlClient, add_control
 from fogline.grpc.forward import ForwardingBackend
 from fogline.grpc.server import DEFAULT_MAX_MESSAGE_BYTES, bind, create_server, set_serving
 from fogline.grpc.upstream import GrpcUpstream, StreamUpstream
 from fogline.grpc.v2 import v2_handler
 from fogline.http import start_http
+from fogline.membership import MembershipLoop
 from fogline.metrics import Metrics
-from fogline.registry import EmbeddedRegistry, MemberState
+from fogline.registry import EmbeddedRegistry, Load, Member, MemberState
 from fogline.routing import EndpointPool
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,9 @@ class EdgeSettings:
     """Multiplex requests to each device over one ModelStreamInfer stream (about half the CPU of a
     unary call per request); False sends each request as its own ModelInfer call."""
     drain_grace_s: float = 10.0
+    cloud: str | None = None
+    """host:port of the cloud master's control plane; None runs without one. The edge keeps serving
+    its region while the cloud master is unreachable."""
 
 
 class EdgeMaster:
@@ -59,6 +64,7 @@ class EdgeMaster:
             self.pool, f"region {settings.region!r}", settings.dispatch,  # type: ignore[arg-type]
             on_attempt=self._count_attempt)
         self.endpoints: dict[str, Any] = {}
+        self.membership: MembershipLoop | None = None
         self._closing: set[asyncio.Task[None]] = set()
 
     def _connect(self, state: MemberState) -> GrpcUpstream:
@@ -96,7 +102,22 @@ class EdgeMaster:
         advertise = s.advertise_host or s.host
         self.endpoints = {"id": s.edge_id, "region": s.region, "grpc": f"{advertise}:{grpc_port}",
                           "control": f"{advertise}:{control_port}", "http": f"{advertise}:{http_port}"}
+        if s.cloud:
+            self.membership = MembershipLoop(GrpcControlClient(s.cloud), self._member, self._load)
+            self.membership.start()
         return dict(self.endpoints)
+
+    def _member(self) -> Member:
+        """This edge as the cloud master sees it; heartbeats carry its models as devices come and go."""
+        return Member(id=self.settings.edge_id, service="edge", address=self.endpoints["grpc"],
+                      region=self.settings.region, models=frozenset(self.pool.models()),
+                      capacity=sum(e.state.member.capacity for e in self.pool.endpoints.values()),
+                      http_address=self.endpoints["http"])
+
+    def _load(self) -> Load:
+        endpoints = self.pool.endpoints.values()
+        return Load(in_flight=sum(e.outstanding for e in endpoints),
+                    queue_depth=sum(e.state.load.queue_depth for e in endpoints))
 
     async def _expire_loop(self) -> None:
         while True:
@@ -121,13 +142,19 @@ class EdgeMaster:
                 "cooling_down": bool(endpoint and endpoint.cooldown_until > time.monotonic()),
             })
         return {"tier": "edge", **self.endpoints, "ready": self.readiness()[0],
+                "cloud": self.settings.cloud,
+                "registered": self.membership.registered.is_set() if self.membership else None,
                 "models": self.pool.models(), "devices": devices}
 
     async def drain(self) -> None:
+        if self.membership is not None:
+            await self.membership.leave()  # the cloud master stops routing here first
         await set_serving(self._health, False)
         await self._server.stop(self.settings.drain_grace_s)
         self._expiry.cancel()
         await self._control.stop(1.0)
         await self._http.cleanup()
         self.pool.close()
+        if self.membership is not None:
+            await self.membership.control.close()  # type: ignore[attr-defined]
         await asyncio.gather(*self._closing, return_exceptions=True)

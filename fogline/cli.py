@@ -19,8 +19,9 @@ DEFAULT_HOME = Path(os.environ.get("FOGLINE_HOME", Path.home() / ".fogline"))
 MiB = 1024 * 1024
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--region", default="default", help="region this process serves (default: default)")
+def _common(p: argparse.ArgumentParser, *, region: bool = True) -> None:
+    if region:
+        p.add_argument("--region", default="default", help="region this process serves (default: default)")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
     p.add_argument("--advertise-host", help="address peers use to reach this process (default: --host)")
     p.add_argument("--grpc-port", type=int, default=0, help="V2 inference port (0 = any free port)")
@@ -60,6 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--member-ttl-s", type=float, default=3.0, help="drop a device silent this long")
     edge.add_argument("--upstream", choices=("stream", "unary"), default="stream",
                       help="forward to devices over one multiplexed stream each (default) or a call per request")
+    edge.add_argument("--cloud", help="cloud master control address host:port (omit to run without one)")
+
+    cloud = sub.add_parser("cloud", help="run the cloud master (edge masters and GPU workers register here)")
+    _common(cloud, region=False)
+    cloud.add_argument("--id", help="cloud master id (default: cloud-<hostname>)")
+    cloud.add_argument("--control-port", type=int, default=0,
+                       help="control-plane port for edge masters and GPU workers")
+    cloud.add_argument("--member-ttl-s", type=float, default=3.0,
+                       help="drop an edge master or worker silent this long")
 
     up = sub.add_parser("up", help="start a whole local stack with sample models")
     up.add_argument("--workdir", type=Path, default=DEFAULT_HOME,
@@ -86,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    commands = {"device": _device, "worker": _worker, "edge": _edge, "up": _up, "infer": _infer,
-                "samples": _samples}
+    commands = {"device": _device, "worker": _worker, "edge": _edge, "cloud": _cloud, "up": _up,
+                "infer": _infer, "samples": _samples}
     return commands[args.command](args)
 
 
@@ -127,11 +137,25 @@ def _edge(args: argparse.Namespace) -> int:
         region=args.region, host=args.host, advertise_host=args.advertise_host, grpc_port=args.grpc_port,
         control_port=args.control_port, http_port=args.http_port, max_message_bytes=args.max_message_mb * MiB,
         member_ttl_s=args.member_ttl_s, drain_grace_s=args.drain_grace_s,
-        upstream_streams=args.upstream == "stream",
+        upstream_streams=args.upstream == "stream", cloud=args.cloud,
     )
     if args.id:
         settings.edge_id = args.id
     return run(EdgeMaster(settings), args.ready_file)
+
+
+def _cloud(args: argparse.Namespace) -> int:
+    from cloud_master import CloudMaster, CloudSettings
+    from fogline.service import run
+
+    settings = CloudSettings(
+        host=args.host, advertise_host=args.advertise_host, grpc_port=args.grpc_port,
+        control_port=args.control_port, http_port=args.http_port, max_message_bytes=args.max_message_mb * MiB,
+        member_ttl_s=args.member_ttl_s, drain_grace_s=args.drain_grace_s,
+    )
+    if args.id:
+        settings.cloud_id = args.id
+    return run(CloudMaster(settings), args.ready_file)
 
 
 def _up(args: argparse.Namespace) -> int:

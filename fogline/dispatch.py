@@ -12,7 +12,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from fogline.errors import (
     DeadlineExceededError,
@@ -120,3 +120,43 @@ class Dispatcher(Generic[R]):
     def _note(self, endpoint: str, code: str) -> None:
         if self._on_attempt is not None:
             self._on_attempt(endpoint, code)
+
+
+class RegionalDispatch(Generic[R]):
+    """Routing over a pool whose endpoints each serve a region (the cloud master's edge masters): one
+    :class:`Dispatcher` across all regions and one per region, over views sharing the pool's
+    endpoints, so a request pinned to a region costs one dict lookup more than an unpinned one."""
+
+    def __init__(self, pool: EndpointPool[Upstream[bytes, R]], settings: DispatchSettings = DispatchSettings(),
+                 *, rng: random.Random | None = None, clock: Callable[[], float] = time.monotonic,
+                 on_attempt: Callable[[str, str], None] | None = None) -> None:
+        self.pool = pool
+        self._settings = settings
+        self._rng = rng or random.Random()
+        self._clock = clock
+        self._on_attempt = on_attempt
+        self.any: Dispatcher[R] = self._dispatcher(pool, "any region")
+        self.regions: dict[str, Dispatcher[R]] = {}
+
+    def _dispatcher(self, pool: EndpointPool[Upstream[bytes, R]], scope: str) -> Dispatcher[R]:
+        return Dispatcher(pool, scope, self._settings, rng=self._rng, clock=self._clock,
+                          on_attempt=self._on_attempt)
+
+    def sync(self) -> None:
+        """Follow the pool's membership; call after each ``pool.sync``."""
+        regions = sorted({e.state.member.region for e in self.pool.endpoints.values()})
+        self.regions = {r: self._dispatcher(self.pool.view(_in_region(r)), f"region {r!r}") for r in regions}
+
+    def dispatcher(self, region: str | None) -> Dispatcher[R]:
+        """The dispatcher for ``region`` (any region when empty); NOT_FOUND naming the known ones."""
+        if not region:
+            return self.any
+        dispatcher = self.regions.get(region)
+        if dispatcher is None:
+            raise FoglineError(f"region {region!r} is unknown; known regions: {sorted(self.regions)}",
+                               code=ErrorCode.NOT_FOUND)
+        return dispatcher
+
+
+def _in_region(region: str) -> Callable[[Endpoint[Any]], bool]:
+    return lambda endpoint: endpoint.state.member.region == region

@@ -109,6 +109,16 @@ class EndpointPool(Generic[U]):
     def close(self) -> None:
         self.sync([])
 
+    def view(self, keep: Callable[[Endpoint[U]], bool]) -> EndpointPool[U]:
+        """The endpoints ``keep`` accepts, as a pool of their own that shares them with this one (so
+        outstanding counts and cooldowns are one). A snapshot: take a new view after each :meth:`sync`;
+        it owns no upstream and never closes one."""
+        view: EndpointPool[U] = EndpointPool(self._make, lambda upstream: None)
+        view.endpoints = {mid: e for mid, e in self.endpoints.items() if keep(e)}
+        view._by_model = {model: kept for model, endpoints in self._by_model.items()
+                          if (kept := [e for e in endpoints if keep(e)])}
+        return view
+
     def models(self) -> list[str]:
         return sorted(self._by_model)
 

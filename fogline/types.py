@@ -18,6 +18,8 @@ PARAM_NODE = "fogline.node"
 PARAM_ROUTE = "fogline.route"
 PARAM_SESSION = "fogline.session"
 PARAM_ATTEMPTS = "fogline.attempts"
+# On the cloud master: the region to serve a request in (a request hint), and where it ran (a response tag).
+PARAM_REGION = "fogline.region"
 # On ModelStreamInfer: the caller's remaining time (a stream has no per-message deadline), and the
 # status code of a failed request.
 PARAM_TIMEOUT_MS = "fogline.timeout_ms"

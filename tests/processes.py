@@ -25,8 +25,12 @@ class ProcessGroup:
             wait_ready(proc)
         return proc
 
-    def edge(self, name: str = "edge", region: str = "test", *extra: str) -> Launched:
-        return self.start(name, "edge", "--region", region, "--id", name, *extra)
+    def cloud(self, name: str = "cloud", *extra: str) -> Launched:
+        return self.start(name, "cloud", "--id", name, *extra)
+
+    def edge(self, name: str = "edge", region: str = "test", *extra: str, cloud: Launched | None = None) -> Launched:
+        uplink = ("--cloud", cloud.endpoints["control"]) if cloud is not None else ()
+        return self.start(name, "edge", "--region", region, "--id", name, *uplink, *extra)
 
     def device(self, name: str, models: Path, edge: Launched | None = None, region: str = "test",
                *extra: str) -> Launched:

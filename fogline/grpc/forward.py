@@ -6,13 +6,21 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from fogline._proto import inference_pb2 as pb
-from fogline.dispatch import Dispatcher
+from fogline.dispatch import Dispatcher, RegionalDispatch
 from fogline.errors import FoglineError, ModelNotFoundError, UnavailableError
 from fogline.grpc.codec import set_parameters
 from fogline.grpc.upstream import GrpcUpstream
 from fogline.grpc.v2 import V2Backend
 from fogline.grpc.wire import length_delimited
-from fogline.types import PARAM_ATTEMPTS, PARAM_NODE, PARAM_ROUTE, PARAM_SESSION, PARAM_TIER, ROUTE_PLACEMENT
+from fogline.types import (
+    PARAM_ATTEMPTS,
+    PARAM_NODE,
+    PARAM_REGION,
+    PARAM_ROUTE,
+    PARAM_SESSION,
+    PARAM_TIER,
+    ROUTE_PLACEMENT,
+)
 
 METADATA_TIMEOUT_S = 5.0
 T = TypeVar("T")
@@ -87,3 +95,35 @@ class ForwardingBackend(V2Backend):
             return await self._ask(name, lambda u: u.model_ready(name, version, METADATA_TIMEOUT_S))
         except FoglineError:
             return False
+
+
+class RegionalBackend(ForwardingBackend):
+    """The cloud master's V2 entry point: forwards to an edge master, of the region named by the
+    request's ``fogline.region`` if any, else of any region holding the model.
+
+    The edge's answer already says where it ran (``fogline.tier``/``node``/``route``): those are
+    kept, and only ``fogline.region`` is added.
+    """
+
+    def __init__(self, routing: RegionalDispatch[bytes], *, name: str, ready: Callable[[], bool]) -> None:
+        super().__init__(routing.any, name=name, tier="", ready=ready)
+        self.routing = routing
+        self._region_tags: dict[str, bytes] = {}
+
+    async def infer(self, data: bytes, request: pb.ModelInferRequest, deadline: float | None) -> bytes:
+        params = request.parameters
+        region = params[PARAM_REGION].string_param if PARAM_REGION in params else None
+        session = params[PARAM_SESSION].string_param if PARAM_SESSION in params else None
+        dispatcher = self.routing.dispatcher(region)
+        done = await dispatcher.infer(request.model_name, data, session=session, deadline=deadline)
+        endpoint = dispatcher.pool.endpoints.get(done.endpoint)
+        served_in = endpoint.state.member.region if endpoint is not None else region or ""
+        return done.response + length_delimited(3, request.id.encode()) + self._region_tag(served_in)
+
+    def _region_tag(self, region: str) -> bytes:
+        tag = self._region_tags.get(region)
+        if tag is None:
+            msg = pb.ModelInferResponse()
+            set_parameters(msg.parameters, {PARAM_REGION: region})
+            tag = self._region_tags[region] = msg.SerializeToString()
+        return tag

@@ -4,10 +4,13 @@
 - ``GET /readyz``: 200 when it can serve; 503 with the reason otherwise.
 - ``GET /v1/status``: JSON — identity, models, load, peers.
 - ``GET /metrics``: Prometheus text format.
+
+A process may add GET routes of its own that answer JSON (the cloud master's ``/v1/topology``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -26,6 +29,10 @@ HTTP_STATUS = {
 }
 
 
+JsonRoute = Callable[[], Awaitable[Any]]
+"""Produces the JSON body of an extra GET route."""
+
+
 class StatusSource(Protocol):
     def readiness(self) -> tuple[bool, str]:
         """(ready, why not)."""
@@ -33,7 +40,8 @@ class StatusSource(Protocol):
     def status(self) -> dict[str, Any]: ...
 
 
-def create_app(source: StatusSource, metrics: Metrics) -> web.Application:
+def create_app(source: StatusSource, metrics: Metrics,
+               routes: Mapping[str, JsonRoute] | None = None) -> web.Application:
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"live": True})
 
@@ -53,12 +61,21 @@ def create_app(source: StatusSource, metrics: Metrics) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/v1/status", status)
     app.router.add_get("/metrics", prometheus)
+    for path, produce in (routes or {}).items():
+        app.router.add_get(path, _json_route(produce))
     return app
 
 
-async def start_http(source: StatusSource, metrics: Metrics, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Serve the status app on host:port (0 = any free port); the runner and the bound port."""
-    runner = web.AppRunner(create_app(source, metrics), access_log=None)
+def _json_route(produce: JsonRoute) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handle(request: web.Request) -> web.Response:
+        return web.json_response(await produce())
+    return handle
+
+
+async def start_http(source: StatusSource, metrics: Metrics, host: str, port: int, *,
+                     routes: Mapping[str, JsonRoute] | None = None) -> tuple[web.AppRunner, int]:
+    """Serve the status app (plus ``routes``) on host:port (0 = any free port); the runner and the bound port."""
+    runner = web.AppRunner(create_app(source, metrics, routes), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=False)
     await site.start()

@@ -6,9 +6,10 @@ import random
 
 import pytest
 
-from fogline.dispatch import Dispatcher, DispatchSettings
+from fogline.dispatch import Dispatcher, DispatchSettings, RegionalDispatch
 from fogline.errors import (
     DeadlineExceededError,
+    ErrorCode,
     FoglineError,
     InvalidInputError,
     ModelNotFoundError,
@@ -154,3 +155,33 @@ async def test_outstanding_counts_return_to_zero_after_success_and_failure() -> 
 async def test_an_empty_pool_is_unavailable_not_an_unknown_model() -> None:
     with pytest.raises(UnavailableError, match="no endpoint is registered in region 'r'"):
         await make({}).infer("m", b"x")
+
+
+def regional(regions: dict[str, str], models: dict[str, tuple[str, ...]]) -> RegionalDispatch[bytes]:
+    """Endpoints by id -> region; each serves models[id]."""
+    pool: EndpointPool[FakeUpstream] = EndpointPool(lambda s: FakeUpstream(s.member.id), lambda u: None)
+    pool.sync([MemberState(Member(id=n, service="edge", address=f"{n}:1", region=r, models=frozenset(models[n])),
+                           Load(), 0.0, 0.0) for n, r in regions.items()])
+    routing: RegionalDispatch[bytes] = RegionalDispatch(pool, rng=random.Random(3), clock=Clock())  # type: ignore[arg-type]
+    routing.sync()
+    return routing
+
+
+async def test_a_region_routes_only_to_its_endpoints_sharing_their_load() -> None:
+    routing = regional({"a": "eu", "b": "us", "c": "us"}, {"a": ("m",), "b": ("m",), "c": ("n",)})
+    assert sorted(routing.regions) == ["eu", "us"]
+    assert {(await routing.dispatcher("us").infer("m", b"x")).endpoint for _ in range(10)} == {"b"}
+    assert {(await routing.dispatcher("").infer("m", b"x")).endpoint for _ in range(20)} == {"a", "b"}
+    assert routing.dispatcher("us").pool.endpoints["b"] is routing.pool.endpoints["b"]  # one load count
+    with pytest.raises(ModelNotFoundError, match="not served in region 'eu'; available: \\['m'\\]"):
+        await routing.dispatcher("eu").infer("n", b"x")
+
+
+def test_an_unknown_region_is_not_found_naming_the_known_ones() -> None:
+    routing = regional({"a": "eu"}, {"a": ("m",)})
+    with pytest.raises(FoglineError, match=r"region 'us' is unknown; known regions: \['eu'\]") as info:
+        routing.dispatcher("us")
+    assert info.value.code is ErrorCode.NOT_FOUND
+    routing.pool.sync([])
+    routing.sync()
+    assert routing.regions == {}
