@@ -76,7 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"models, logs, state (default {DEFAULT_HOME})")
     up.add_argument("--edge-port", type=int, default=8001, help="edge master V2 gRPC port (0 = any)")
     up.add_argument("--edge-http-port", type=int, default=8000, help="edge master REST port (0 = any)")
-    up.add_argument("--devices", type=int, default=2, help="device nodes to start (default 2)")
+    up.add_argument("--cloud-port", type=int, default=8011, help="cloud master V2 gRPC port (0 = any)")
+    up.add_argument("--cloud-http-port", type=int, default=8010, help="cloud master REST port (0 = any)")
+    up.add_argument("--regions", type=int, default=2, help="regions, each an edge master (default 2)")
+    up.add_argument("--devices", type=int, default=2, help="device nodes per region (default 2)")
 
     infer = sub.add_parser("infer", help="send one request and print the result and where it ran")
     infer.add_argument("--url", help="V2 endpoint host:port (default: the edge of the running `fogline up`)")
@@ -162,6 +165,7 @@ def _up(args: argparse.Namespace) -> int:
     from fogline.stack import LocalStack
 
     return LocalStack(args.workdir, edge_port=args.edge_port, edge_http_port=args.edge_http_port,
+                      cloud_port=args.cloud_port, cloud_http_port=args.cloud_http_port, regions=args.regions,
                       devices=args.devices).run()
 
 

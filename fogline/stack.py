@@ -1,4 +1,5 @@
-"""``fogline up``: a whole hierarchy on this machine, as separate processes, with sample models.
+"""``fogline up``: a whole hierarchy on this machine, as separate processes, with sample models:
+a cloud master, one GPU worker, and two regions of an edge master with two device nodes each.
 
 Each process is a ``python -m fogline <tier>`` child writing its log under ``<workdir>/logs`` and
 its bound endpoints to a ready file; the stack waits for each, prints the endpoints and writes
@@ -31,14 +32,25 @@ class StackError(RuntimeError):
     pass
 
 
+DEVICE_MODELS = ("mlp", "cnn", "digits-small")
+WORKER_MODELS = ("digits-large",)
+
+
 class LocalStack:
-    def __init__(self, workdir: Path, *, edge_port: int = 8001, edge_http_port: int = 8000, devices: int = 2,
-                 region: str = "local") -> None:
+    """Cloud master, one GPU worker, and ``regions`` regions of an edge master with ``devices``
+    device nodes each. The first region's edge master listens on ``edge_port``/``edge_http_port``,
+    the cloud master on ``cloud_port``/``cloud_http_port`` (0 = any free port); the rest on free ports."""
+
+    def __init__(self, workdir: Path, *, edge_port: int = 8001, edge_http_port: int = 8000,
+                 cloud_port: int = 8011, cloud_http_port: int = 8010, regions: int = 2,
+                 devices: int = 2) -> None:
         self.workdir = Path(workdir).resolve()
         self.edge_port = edge_port
         self.edge_http_port = edge_http_port
+        self.cloud_port = cloud_port
+        self.cloud_http_port = cloud_http_port
+        self.regions = [f"region-{chr(ord('a') + i)}" for i in range(regions)]
         self.devices = devices
-        self.region = region
         self.children: list[Launched] = []
         self.state_file = self.workdir / "stack.json"
         self._stop = threading.Event()
@@ -54,35 +66,64 @@ class LocalStack:
         except LaunchError as err:
             raise StackError(str(err)) from None
 
-    def start(self) -> dict[str, Any]:
+    def _build_models(self) -> Path:
         models = build_sample_repository(self.workdir / "models")
-        edge = self._spawn("edge", "edge", "--region", self.region, "--id", f"{self.region}-edge",
-                           "--grpc-port", str(self.edge_port), "--http-port", str(self.edge_http_port))
-        edge_endpoints = self._wait_ready(edge)
-        devices = [
-            self._spawn(f"device-{i}", "device", "--region", self.region, "--id", f"{self.region}-device-{i}",
-                        "--models", str(models), "--master", edge_endpoints["control"])
-            for i in range(self.devices)
-        ]
-        device_endpoints = [self._wait_ready(d) for d in devices]
-        self._wait_registered(edge_endpoints["http"], {d["id"] for d in device_endpoints})
-        state = {"workdir": str(self.workdir), "models": str(models), "edge": edge_endpoints,
-                 "devices": device_endpoints, "pid": os.getpid()}
+        # NOTE: the digits models are trained with torch, which only the worker and this short-lived
+        # builder may import: never the process supervising the stack.
+        built = subprocess.run([sys.executable, "-m", "fogline.digits", str(models)], capture_output=True,
+                               text=True, stdin=subprocess.DEVNULL, check=False)
+        if built.returncode != 0:
+            raise StackError(f"building the digits models failed:\n{built.stdout}{built.stderr}")
+        return models
+
+    def start(self) -> dict[str, Any]:
+        models = self._build_models()
+        cloud = self._wait_ready(self._spawn(
+            "cloud", "cloud", "--id", "cloud", "--grpc-port", str(self.cloud_port),
+            "--http-port", str(self.cloud_http_port)))
+        worker = self._spawn("worker-0", "worker", "--id", "worker-0", "--models", str(models),
+                             *_only(WORKER_MODELS), "--master", cloud["control"])
+        edges = {}
+        for i, region in enumerate(self.regions):
+            ports = ("--grpc-port", str(self.edge_port), "--http-port", str(self.edge_http_port)) if i == 0 else ()
+            edges[region] = self._wait_ready(self._spawn(
+                f"{region}-edge", "edge", "--region", region, "--id", f"{region}-edge", *ports,
+                "--cloud", cloud["control"]))
+        devices = {
+            region: [self._spawn(f"{region}-device-{d}", "device", "--region", region, "--id", f"{region}-device-{d}",
+                                 "--models", str(models), *_only(DEVICE_MODELS), "--master", edge["control"])
+                     for d in range(self.devices)]
+            for region, edge in edges.items()
+        }
+        regions: dict[str, dict[str, Any]] = {
+            region: {"edge": edges[region], "devices": [self._wait_ready(d) for d in devices[region]]}
+            for region in self.regions}
+        worker_endpoints = self._wait_ready(worker)
+        for members in regions.values():
+            self._wait_member(members["edge"]["http"], "devices", {d["id"] for d in members["devices"]})
+        self._wait_member(cloud["http"], "edges", {e["id"] for e in edges.values()})
+        self._wait_member(cloud["http"], "workers", {worker_endpoints["id"]})
+        first = regions[self.regions[0]]
+        state = {"workdir": str(self.workdir), "models": str(models), "cloud": cloud, "worker": worker_endpoints,
+                 "regions": regions, "edge": first["edge"],
+                 "devices": [d for r in regions.values() for d in r["devices"]], "pid": os.getpid()}
         write_json_atomic(self.state_file, state)
         return state
 
-    def _wait_registered(self, http: str, ids: set[str]) -> None:
+    def _wait_member(self, http: str, kind: str, ids: set[str]) -> None:
+        """Poll a master's /v1/status until its ``kind`` list holds ``ids``."""
         deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
+        seen: set[str] = set()
+        while time.monotonic() < deadline and not self._stop.is_set():
             with urllib.request.urlopen(f"http://{http}/v1/status", timeout=2) as reply:
-                seen = {d["id"] for d in json.load(reply)["devices"]}
+                seen = {m["id"] for m in json.load(reply)[kind]}
             if ids <= seen:
                 return
             time.sleep(0.05)
-        raise StackError(f"device nodes {sorted(ids - seen)} did not register with the edge master")
+        raise StackError(f"{sorted(ids - seen)} did not register with the master at {http} ({kind})")
 
     def stop(self) -> None:
-        for child in reversed(self.children):  # devices drain first, then the edge
+        for child in reversed(self.children):  # devices drain first, then the masters
             if child.process.poll() is None:
                 child.process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_S
@@ -118,12 +159,21 @@ class LocalStack:
         return code
 
 
+def _only(models: tuple[str, ...]) -> list[str]:
+    """``--model`` flags loading just ``models`` from the shared repository."""
+    return [arg for name in models for arg in ("--model", name)]
+
+
 def _print_state(state: dict[str, Any], state_file: Path) -> None:
-    edge = state["edge"]
+    cloud, worker = state["cloud"], state["worker"]
     print(f"Fogline local stack is up (models in {state['models']})")
-    print(f"  edge master  {edge['id']:<18} grpc {edge['grpc']:<22} http http://{edge['http']}")
-    for d in state["devices"]:
-        print(f"  device node  {d['id']:<18} grpc {d['grpc']:<22} http http://{d['http']}")
+    print(f"  cloud master {cloud['id']:<18} grpc {cloud['grpc']:<22} http http://{cloud['http']}")
+    print(f"  GPU worker   {worker['id']:<18} grpc {worker['grpc']:<22} http http://{worker['http']}")
+    for region, members in state["regions"].items():
+        edge = members["edge"]
+        print(f"  {region}: edge master {edge['id']:<18} grpc {edge['grpc']:<22} http http://{edge['http']}")
+        for d in members["devices"]:
+            print(f"  {region}: device node {d['id']:<18} grpc {d['grpc']:<22} http http://{d['http']}")
     print(f"State file: {state_file}")
-    print(f"Try:  fogline infer --model cnn      (or: curl http://{edge['http']}/v1/status)")
+    print(f"Try:  fogline infer --model cnn      (or: curl http://{cloud['http']}/v1/topology)")
     print("Ctrl-C stops everything.", flush=True)

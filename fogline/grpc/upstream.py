@@ -137,7 +137,11 @@ class StreamUpstream(GrpcUpstream):
                 error = bytes(value).decode(errors="replace")  # type: ignore[arg-type]
             elif field == 2:
                 body = value  # type: ignore[assignment]
-        tag = next((bytes(v).decode() for f, _, v in fields(bytes(body)) if f == 3), "")  # type: ignore[arg-type]
+        # The last id wins, as in protobuf: a chained hop (cloud -> edge -> device) appends its own.
+        tag = ""
+        for field, _, value in fields(bytes(body)):
+            if field == 3:
+                tag = bytes(value).decode()  # type: ignore[arg-type]
         future = pending.get(tag)
         if future is None or future.done():
             return  # expired or abandoned: nobody waits for it

@@ -1,4 +1,5 @@
-"""``fogline up``: a whole local stack as a child process, used through ``fogline infer``, stopped by SIGTERM."""
+"""``fogline up``: the whole hierarchy (cloud master, GPU worker, two regions of an edge master and two
+device nodes) as a child process, used through ``fogline infer``, stopped by SIGTERM."""
 
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ def fogline_up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path]]
     log = tmp_path / "up.log"
     with open(log, "wb") as out:
         up = subprocess.Popen([sys.executable, "-m", "fogline", "up", "--workdir", str(workdir),
-                               "--edge-port", "0", "--edge-http-port", "0"],
+                               "--edge-port", "0", "--edge-http-port", "0", "--cloud-port", "0",
+                               "--cloud-http-port", "0"],
                               stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                               env={**os.environ, "FOGLINE_LOG_LEVEL": "INFO"})  # the children log draining
     try:
@@ -78,21 +80,35 @@ def test_fogline_up_infer_and_stop(fogline_up: tuple[subprocess.Popen[bytes], Pa
     wait_for(started, timeout_s=START_TIMEOUT_S, interval_s=0.1, what="fogline up to write stack.json")
     state = json.loads(state_file.read_text())
     assert state["pid"] == up.pid
-    edge, devices = state["edge"], state["devices"]
-    assert len(devices) == 2
-    assert edge["grpc"].rsplit(":", 1)[1] != "0" and edge["http"].rsplit(":", 1)[1] != "0"
-    pids = {edge["pid"], *(d["pid"] for d in devices)}
-    assert len(pids) == 3 and all(alive(pid) for pid in pids)
-    registered = {d["id"] for d in get_json(f"http://{edge['http']}/v1/status")["devices"]}
-    assert registered == {d["id"] for d in devices}
+    cloud, worker, regions = state["cloud"], state["worker"], state["regions"]
+    assert sorted(regions) == ["region-a", "region-b"]
+    assert all(len(r["devices"]) == 2 for r in regions.values())
+    assert state["edge"] == regions["region-a"]["edge"]  # what `fogline infer` uses by default
+    for endpoint in (cloud, state["edge"]):
+        assert endpoint["grpc"].rsplit(":", 1)[1] != "0" and endpoint["http"].rsplit(":", 1)[1] != "0"
+    members = [cloud, worker, *(m for r in regions.values() for m in (r["edge"], *r["devices"]))]
+    pids = {m["pid"] for m in members}
+    assert len(pids) == 8 and all(alive(pid) for pid in pids)
 
-    infer = subprocess.run([sys.executable, "-m", "fogline", "infer", "--state", str(state_file), "--model", "cnn"],
-                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
-    assert infer.returncode == 0, f"fogline infer failed:\n{infer.stdout}\n{infer.stderr}"
-    assert "tier=device" in infer.stdout, infer.stdout
-    assert "route=placement" in infer.stdout, infer.stdout
-    assert any(f"node={d['id']}" in infer.stdout for d in devices), infer.stdout
-    assert "logits float32 [1, 10]" in infer.stdout, infer.stdout
+    topology = get_json(f"http://{cloud['http']}/v1/topology")
+    for name, region in regions.items():
+        [edge] = topology["regions"][name]["edges"]
+        assert edge["id"] == region["edge"]["id"] and edge["healthy"]
+        assert {d["id"] for d in edge["devices"]} == {d["id"] for d in region["devices"]}
+    assert [(w["id"], w["healthy"]) for w in topology["workers"]] == [(worker["id"], True)]
+
+    def infer(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "fogline", "infer", *args], capture_output=True, text=True,
+                              timeout=60, stdin=subprocess.DEVNULL)
+        assert done.returncode == 0, f"fogline infer {args} failed:\n{done.stdout}\n{done.stderr}"
+        return done.stdout
+
+    through_edge = infer("--state", str(state_file), "--model", "cnn")
+    assert "tier=device" in through_edge and "route=placement" in through_edge, through_edge
+    assert any(f"node={d['id']}" in through_edge for d in regions["region-a"]["devices"]), through_edge
+    assert "logits float32 [1, 10]" in through_edge, through_edge
+    through_cloud = infer("--url", cloud["grpc"], "--model", "digits-small")
+    assert "tier=device" in through_cloud and "probs float32 [1, 10]" in through_cloud, through_cloud
 
     stopping = time.monotonic()
     up.send_signal(signal.SIGTERM)
@@ -103,6 +119,7 @@ def test_fogline_up_infer_and_stop(fogline_up: tuple[subprocess.Popen[bytes], Pa
              what=f"every process of the stack ({sorted(pids)}) to be gone")
     assert not state_file.exists()
     # Every child drained (SIGTERM), none had to be killed.
-    for name in ("edge", "device-0", "device-1"):
+    names = ["cloud", "worker-0", *(f"{r}-{p}" for r in regions for p in ("edge", "device-0", "device-1"))]
+    for name in names:
         log = (workdir / "logs" / f"{name}.log").read_text()
         assert "draining" in log and "stopped" in log, f"{name}:\n{log[-2000:]}"

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from fogline._proto import inference_pb2 as pb
 from fogline.errors import InvalidInputError
+from fogline.grpc.upstream import StreamUpstream
 from fogline.grpc.wire import fields, length_delimited, varint
 
 
@@ -34,3 +37,17 @@ def test_fields_slices_nested_messages_without_decoding_them() -> None:
 def test_truncated_input_is_invalid_argument() -> None:
     with pytest.raises(InvalidInputError):
         list(fields(length_delimited(2, b"abcdef")[:-2]))
+
+
+def test_a_reply_is_matched_by_its_last_id_as_protobuf_reads_it() -> None:
+    """Through a chain of hops each hop appends its id; the stream must match the outermost one."""
+    inner = pb.ModelInferResponse(model_name="m", id="7").SerializeToString()
+    body = inner + length_delimited(3, b"42")  # the next hop's tag, appended
+    assert pb.ModelInferResponse.FromString(body).id == "42"
+    loop = asyncio.new_event_loop()
+    try:
+        waiting = {"7": loop.create_future(), "42": loop.create_future()}
+        StreamUpstream._deliver(length_delimited(2, body), waiting)
+        assert waiting["42"].done() and not waiting["7"].done()
+    finally:
+        loop.close()
