@@ -5,23 +5,19 @@ topology, and draining. Escalation from the edges to the workers is not wired ye
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
 from dataclasses import dataclass, field
 from typing import Any
 
 from fogline.dispatch import DispatchSettings, RegionalDispatch
-from fogline.grpc.control import CONTROL_MAX_MESSAGE_BYTES, ControlServicer, add_control
+from fogline.grpc.control import ControlServicer
 from fogline.grpc.forward import RegionalBackend
-from fogline.grpc.server import DEFAULT_MAX_MESSAGE_BYTES, bind, create_server, set_serving
+from fogline.grpc.server import DEFAULT_MAX_MESSAGE_BYTES
 from fogline.grpc.upstream import GrpcUpstream, StreamUpstream
-from fogline.grpc.v2 import v2_handler
-from fogline.http import start_http
 from fogline.http.peers import fetch_statuses
-from fogline.metrics import Metrics
-from fogline.registry import EmbeddedRegistry, MemberState
-from fogline.routing import EndpointPool
+from fogline.master import Master
+from fogline.registry import MemberState
 
 log = logging.getLogger(__name__)
 
@@ -56,63 +52,30 @@ class CloudSettings:
     """On SIGTERM, how long in-flight requests may take to finish."""
 
 
-class CloudMaster:
+class CloudMaster(Master):
     def __init__(self, settings: CloudSettings) -> None:
+        super().__init__(tier="cloud", pooled_service="edge", member_ttl_s=settings.member_ttl_s,
+                         heartbeat_interval_s=settings.heartbeat_interval_s,
+                         max_message_bytes=settings.max_message_bytes, drain_grace_s=settings.drain_grace_s,
+                         connect=self._connect)
         self.settings = settings
-        self.metrics = Metrics("cloud")
-        self.registry = EmbeddedRegistry(ttl_s=settings.member_ttl_s,
-                                         heartbeat_interval_s=settings.heartbeat_interval_s)
-        self.pool: EndpointPool[GrpcUpstream] = EndpointPool(self._connect, self._disconnect)
         self.routing: RegionalDispatch[bytes] = RegionalDispatch(
             self.pool, settings.dispatch, on_attempt=self._count_attempt)  # type: ignore[arg-type]
-        self.registry.watch(self._sync)
-        self.endpoints: dict[str, Any] = {}
-        self._closing: set[asyncio.Task[None]] = set()
-
-    def _sync(self) -> None:
-        self.pool.sync(self.registry.members("edge"))
-        self.routing.sync()
+        self.registry.watch(self.routing.sync)  # after the pool's own watcher: it reads the synced pool
 
     def _connect(self, state: MemberState) -> GrpcUpstream:
         return StreamUpstream(state.member.address, max_message_bytes=self.settings.max_message_bytes,
                               name=state.member.id)
 
-    def _disconnect(self, upstream: GrpcUpstream) -> None:
-        # A departing edge finishes what it has in flight; see EdgeMaster._disconnect.
-        task = asyncio.ensure_future(upstream.close(self.settings.drain_grace_s))
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
-
-    def _count_attempt(self, endpoint: str, code: str) -> None:
-        self.metrics.upstream.labels(endpoint, code).inc()
-        if code != "OK":
-            self.metrics.retries.inc()
-
     async def start(self) -> dict[str, Any]:
         s = self.settings
         backend = RegionalBackend(self.routing, name="fogline-cloud", ready=lambda: bool(self.pool.endpoints))
-        self._server, self._health = create_server(v2_handler(backend, self.metrics),
-                                                   max_message_bytes=s.max_message_bytes)
         control = ControlServicer(self.registry, region="", services=SERVICES)  # "": members of every region
-        self._control, _ = create_server(registrars=[add_control(control)],
-                                         max_message_bytes=CONTROL_MAX_MESSAGE_BYTES)
-        grpc_port = bind(self._server, s.host, s.grpc_port)
-        control_port = bind(self._control, s.host, s.control_port)
-        await self._control.start()
-        await self._server.start()
-        await set_serving(self._health, True)
-        self._expiry = asyncio.create_task(self._expire_loop(), name="expire")
-        self._http, http_port = await start_http(self, self.metrics, s.host, s.http_port,
-                                                  routes={"/v1/topology": self.topology})
-        advertise = s.advertise_host or s.host
-        self.endpoints = {"id": s.cloud_id, "grpc": f"{advertise}:{grpc_port}",
-                          "control": f"{advertise}:{control_port}", "http": f"{advertise}:{http_port}"}
+        addresses = await self._serve(backend, control, host=s.host, advertise_host=s.advertise_host,
+                                      grpc_port=s.grpc_port, control_port=s.control_port, http_port=s.http_port,
+                                      routes={"/v1/topology": self.topology})
+        self.endpoints = {"id": s.cloud_id, **addresses}
         return dict(self.endpoints)
-
-    async def _expire_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.member_ttl_s / 4)
-            self.registry.expire()
 
     def readiness(self) -> tuple[bool, str]:
         if not self.pool.endpoints:
@@ -153,13 +116,7 @@ class CloudMaster:
                             for s in workers]}
 
     async def drain(self) -> None:
-        await set_serving(self._health, False)
-        await self._server.stop(self.settings.drain_grace_s)
-        self._expiry.cancel()
-        await self._control.stop(1.0)
-        await self._http.cleanup()
-        self.pool.close()
-        await asyncio.gather(*self._closing, return_exceptions=True)
+        await self._stop_serving()
 
 
 def _healthy(status: dict[str, Any] | None) -> bool:

@@ -4,7 +4,6 @@ REST status, and draining."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
 import time
@@ -12,16 +11,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fogline.dispatch import Dispatcher, DispatchSettings
-from fogline.grpc.control import CONTROL_MAX_MESSAGE_BYTES, ControlServicer, GrpcControlClient, add_control
+from fogline.grpc.control import ControlServicer, GrpcControlClient
 from fogline.grpc.forward import ForwardingBackend
-from fogline.grpc.server import DEFAULT_MAX_MESSAGE_BYTES, bind, create_server, set_serving
+from fogline.grpc.server import DEFAULT_MAX_MESSAGE_BYTES
 from fogline.grpc.upstream import GrpcUpstream, StreamUpstream
-from fogline.grpc.v2 import v2_handler
-from fogline.http import start_http
+from fogline.master import Master
 from fogline.membership import MembershipLoop
-from fogline.metrics import Metrics
-from fogline.registry import EmbeddedRegistry, Load, Member, MemberState
-from fogline.routing import EndpointPool
+from fogline.registry import Load, Member, MemberState
 
 log = logging.getLogger(__name__)
 
@@ -52,56 +48,30 @@ class EdgeSettings:
     its region while the cloud master is unreachable."""
 
 
-class EdgeMaster:
+class EdgeMaster(Master):
     def __init__(self, settings: EdgeSettings) -> None:
+        super().__init__(tier="edge", pooled_service="device", member_ttl_s=settings.member_ttl_s,
+                         heartbeat_interval_s=settings.heartbeat_interval_s,
+                         max_message_bytes=settings.max_message_bytes, drain_grace_s=settings.drain_grace_s,
+                         connect=self._connect)
         self.settings = settings
-        self.metrics = Metrics("edge")
-        self.registry = EmbeddedRegistry(ttl_s=settings.member_ttl_s,
-                                         heartbeat_interval_s=settings.heartbeat_interval_s)
-        self.pool: EndpointPool[GrpcUpstream] = EndpointPool(self._connect, self._disconnect)
-        self.registry.watch(lambda: self.pool.sync(self.registry.members("device")))
         self.dispatcher: Dispatcher[bytes] = Dispatcher(
             self.pool, f"region {settings.region!r}", settings.dispatch,  # type: ignore[arg-type]
             on_attempt=self._count_attempt)
-        self.endpoints: dict[str, Any] = {}
         self.membership: MembershipLoop | None = None
-        self._closing: set[asyncio.Task[None]] = set()
 
     def _connect(self, state: MemberState) -> GrpcUpstream:
         kind = StreamUpstream if self.settings.upstream_streams else GrpcUpstream
         return kind(state.member.address, max_message_bytes=self.settings.max_message_bytes, name=state.member.id)
 
-    def _disconnect(self, upstream: GrpcUpstream) -> None:
-        # A departing device (deregistered while draining) finishes the requests it has: let them
-        # complete rather than cancel them; whatever is left after the grace fails over elsewhere.
-        task = asyncio.ensure_future(upstream.close(self.settings.drain_grace_s))
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
-
-    def _count_attempt(self, endpoint: str, code: str) -> None:
-        self.metrics.upstream.labels(endpoint, code).inc()
-        if code != "OK":
-            self.metrics.retries.inc()
-
     async def start(self) -> dict[str, Any]:
         s = self.settings
         backend = ForwardingBackend(self.dispatcher, name="fogline-edge", tier="device",
                                     ready=lambda: bool(self.pool.endpoints))
-        self._server, self._health = create_server(v2_handler(backend, self.metrics),
-                                                   max_message_bytes=s.max_message_bytes)
         control = ControlServicer(self.registry, region=s.region, services=frozenset({"device"}))
-        self._control, _ = create_server(registrars=[add_control(control)],
-                                         max_message_bytes=CONTROL_MAX_MESSAGE_BYTES)
-        grpc_port = bind(self._server, s.host, s.grpc_port)
-        control_port = bind(self._control, s.host, s.control_port)
-        await self._control.start()
-        await self._server.start()
-        await set_serving(self._health, True)
-        self._expiry = asyncio.create_task(self._expire_loop(), name="expire")
-        self._http, http_port = await start_http(self, self.metrics, s.host, s.http_port)
-        advertise = s.advertise_host or s.host
-        self.endpoints = {"id": s.edge_id, "region": s.region, "grpc": f"{advertise}:{grpc_port}",
-                          "control": f"{advertise}:{control_port}", "http": f"{advertise}:{http_port}"}
+        addresses = await self._serve(backend, control, host=s.host, advertise_host=s.advertise_host,
+                                      grpc_port=s.grpc_port, control_port=s.control_port, http_port=s.http_port)
+        self.endpoints = {"id": s.edge_id, "region": s.region, **addresses}
         if s.cloud:
             self.membership = MembershipLoop(GrpcControlClient(s.cloud), self._member, self._load)
             self.membership.start()
@@ -118,11 +88,6 @@ class EdgeMaster:
         endpoints = self.pool.endpoints.values()
         return Load(in_flight=sum(e.outstanding for e in endpoints),
                     queue_depth=sum(e.state.load.queue_depth for e in endpoints))
-
-    async def _expire_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.member_ttl_s / 4)
-            self.registry.expire()
 
     def readiness(self) -> tuple[bool, str]:
         if not self.pool.endpoints:
@@ -149,12 +114,6 @@ class EdgeMaster:
     async def drain(self) -> None:
         if self.membership is not None:
             await self.membership.leave()  # the cloud master stops routing here first
-        await set_serving(self._health, False)
-        await self._server.stop(self.settings.drain_grace_s)
-        self._expiry.cancel()
-        await self._control.stop(1.0)
-        await self._http.cleanup()
-        self.pool.close()
+        await self._stop_serving()
         if self.membership is not None:
             await self.membership.control.close()  # type: ignore[attr-defined]
-        await asyncio.gather(*self._closing, return_exceptions=True)

@@ -1,0 +1,86 @@
+"""What every master is made of, wired once: an embedded registry of its children served on a
+control server of its own, a pool of connections to the members it forwards to (kept in step with
+the registry), a V2 server in front, REST status, expiry of silent members, and draining.
+
+The edge master (children: device nodes) and the cloud master (children: edge masters and GPU
+workers) subclass :class:`Master` and add only their routing, identity and status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from fogline.grpc.control import CONTROL_MAX_MESSAGE_BYTES, ControlServicer, add_control
+from fogline.grpc.server import bind, create_server, set_serving
+from fogline.grpc.upstream import GrpcUpstream
+from fogline.grpc.v2 import V2Backend, v2_handler
+from fogline.http import start_http
+from fogline.metrics import Metrics
+from fogline.registry import EmbeddedRegistry, MemberState
+from fogline.routing import EndpointPool
+
+
+class Master:
+    """The shared core of the edge and cloud masters. Subclasses provide ``readiness()`` and
+    ``status()`` (the REST status source) and call :meth:`_serve` and :meth:`_stop_serving`."""
+
+    def __init__(self, *, tier: str, pooled_service: str, member_ttl_s: float, heartbeat_interval_s: float,
+                 max_message_bytes: int, drain_grace_s: float,
+                 connect: Callable[[MemberState], GrpcUpstream]) -> None:
+        self.metrics = Metrics(tier)
+        self.registry = EmbeddedRegistry(ttl_s=member_ttl_s, heartbeat_interval_s=heartbeat_interval_s)
+        self.pool: EndpointPool[GrpcUpstream] = EndpointPool(connect, self._disconnect)
+        self.registry.watch(lambda: self.pool.sync(self.registry.members(pooled_service)))
+        self.endpoints: dict[str, Any] = {}
+        self._member_ttl_s = member_ttl_s
+        self._max_message_bytes = max_message_bytes
+        self._drain_grace_s = drain_grace_s
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def _disconnect(self, upstream: GrpcUpstream) -> None:
+        # A departing member (deregistered while draining) finishes the requests it has: let them
+        # complete rather than cancel them; whatever is left after the grace fails over elsewhere.
+        task = asyncio.ensure_future(upstream.close(self._drain_grace_s))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def _count_attempt(self, endpoint: str, code: str) -> None:
+        self.metrics.upstream.labels(endpoint, code).inc()
+        if code != "OK":
+            self.metrics.retries.inc()
+
+    async def _serve(self, backend: V2Backend, control: ControlServicer, *, host: str, advertise_host: str | None,
+                     grpc_port: int, control_port: int, http_port: int,
+                     routes: Mapping[str, Callable[[], Awaitable[Any]]] | None = None) -> dict[str, str]:
+        """Start the V2, control and REST servers; their advertised addresses."""
+        self._server, self._health = create_server(v2_handler(backend, self.metrics),
+                                                   max_message_bytes=self._max_message_bytes)
+        self._control, _ = create_server(registrars=[add_control(control)],
+                                         max_message_bytes=CONTROL_MAX_MESSAGE_BYTES)
+        grpc_bound = bind(self._server, host, grpc_port)
+        control_bound = bind(self._control, host, control_port)
+        await self._control.start()
+        await self._server.start()
+        await set_serving(self._health, True)
+        self._expiry = asyncio.create_task(self._expire_loop(), name="expire")
+        self._http, http_bound = await start_http(self, self.metrics, host, http_port, routes=routes)  # type: ignore[arg-type]
+        advertise = advertise_host or host
+        return {"grpc": f"{advertise}:{grpc_bound}", "control": f"{advertise}:{control_bound}",
+                "http": f"{advertise}:{http_bound}"}
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._member_ttl_s / 4)
+            self.registry.expire()
+
+    async def _stop_serving(self) -> None:
+        """Refuse new calls, finish running ones within the grace period, then close everything."""
+        await set_serving(self._health, False)
+        await self._server.stop(self._drain_grace_s)
+        self._expiry.cancel()
+        await self._control.stop(1.0)
+        await self._http.cleanup()
+        self.pool.close()
+        await asyncio.gather(*self._closing, return_exceptions=True)
