@@ -1,15 +1,18 @@
 """Wiring of the cloud master, the root of the control plane: the embedded registry of edge masters
 and GPU workers (control plane, its own server), a global V2 entry point that forwards to an edge
 master (of the region a request names, or of any region holding the model), REST status with the
-topology, and draining. Escalation from the edges to the workers is not wired yet."""
+topology, the model catalog, and draining. Edge masters follow the workers and the catalog over
+``WatchTopology`` and escalate to the workers directly."""
 
 from __future__ import annotations
 
 import logging
 import socket
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from fogline.catalog import Catalog, describe, load_catalog
 from fogline.dispatch import DispatchSettings, RegionalDispatch
 from fogline.grpc.control import ControlServicer
 from fogline.grpc.forward import RegionalBackend
@@ -18,6 +21,7 @@ from fogline.grpc.upstream import GrpcUpstream, StreamUpstream
 from fogline.http.peers import fetch_statuses
 from fogline.master import Master
 from fogline.registry import MemberState
+from fogline.topology import TopologyPublisher
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,10 @@ class CloudSettings:
     """Retries and deadlines of requests forwarded to edge masters."""
     drain_grace_s: float = 10.0
     """On SIGTERM, how long in-flight requests may take to finish."""
+    catalog: Path | None = None
+    """The model catalog (TOML, see ``fogline.catalog``); None: every model runs where it is held."""
+    topology_refresh_s: float = 2.0
+    """Edge masters get the workers and catalog on every change and at least this often."""
 
 
 class CloudMaster(Master):
@@ -62,6 +70,8 @@ class CloudMaster(Master):
         self.routing: RegionalDispatch[bytes] = RegionalDispatch(
             self.pool, settings.dispatch, on_attempt=self._count_attempt)  # type: ignore[arg-type]
         self.registry.watch(self.routing.sync)  # after the pool's own watcher: it reads the synced pool
+        catalog = load_catalog(settings.catalog) if settings.catalog else Catalog()
+        self.publisher = TopologyPublisher(self.registry, catalog, refresh_s=settings.topology_refresh_s)
 
     def _connect(self, state: MemberState) -> GrpcUpstream:
         return StreamUpstream(state.member.address, max_message_bytes=self.settings.max_message_bytes,
@@ -70,7 +80,8 @@ class CloudMaster(Master):
     async def start(self) -> dict[str, Any]:
         s = self.settings
         backend = RegionalBackend(self.routing, name="fogline-cloud", ready=lambda: bool(self.pool.endpoints))
-        control = ControlServicer(self.registry, region="", services=SERVICES)  # "": members of every region
+        control = ControlServicer(self.registry, region="", services=SERVICES,  # "": members of every region
+                                  topology=self.publisher)
         addresses = await self._serve(backend, control, host=s.host, advertise_host=s.advertise_host,
                                       grpc_port=s.grpc_port, control_port=s.control_port, http_port=s.http_port,
                                       routes={"/v1/topology": self.topology})
@@ -94,7 +105,9 @@ class CloudMaster(Master):
         return {"tier": "cloud", **self.endpoints, "ready": self.readiness()[0],
                 "regions": sorted(self.routing.regions), "models": self.pool.models(),
                 "edges": [self._describe(s) for s in self.registry.members("edge")],
-                "workers": [self._describe(s) for s in self.registry.members("worker")]}
+                "workers": [self._describe(s) for s in self.registry.members("worker")],
+                "topology_version": self.publisher.version,
+                "catalog": [describe(e) for e in self.publisher.catalog.entries.values()]}
 
     async def topology(self) -> dict[str, Any]:
         """Regions → edge masters → their device nodes (each edge's own status), and the GPU workers.

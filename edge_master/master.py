@@ -1,6 +1,7 @@
 """Wiring of an edge master: the region's embedded registry (control plane, its own server), the
-device pool and dispatcher behind the V2 service, membership in the cloud master when one is given,
-REST status, and draining."""
+device pool and the GPU workers behind the V2 service with the escalation router between them,
+membership in the cloud master and its topology (workers, catalog) when one is given, REST status,
+and draining."""
 
 from __future__ import annotations
 
@@ -11,13 +12,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fogline.dispatch import Dispatcher, DispatchSettings
+from fogline.edge_router import EdgeRouter, EdgeRoutingSettings, Routed
+from fogline.escalation import UplinkHealth, UplinkSettings
 from fogline.grpc.control import ControlServicer, GrpcControlClient
-from fogline.grpc.forward import ForwardingBackend
+from fogline.grpc.forward import EdgeBackend, V2Wire
 from fogline.grpc.server import DEFAULT_MAX_MESSAGE_BYTES
 from fogline.grpc.upstream import GrpcUpstream, StreamUpstream
 from fogline.master import Master
 from fogline.membership import MembershipLoop
+from fogline.metrics import GaugeSample
 from fogline.registry import Load, Member, MemberState
+from fogline.routing import EndpointPool
+from fogline.topology import TopologyFollower, TopologySnapshot, worker_states
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +50,13 @@ class EdgeSettings:
     unary call per request); False sends each request as its own ModelInfer call."""
     drain_grace_s: float = 10.0
     cloud: str | None = None
-    """host:port of the cloud master's control plane; None runs without one. The edge keeps serving
-    its region while the cloud master is unreachable."""
+    """host:port of the cloud master's control plane; None runs without one (and without GPU workers).
+    The edge keeps serving its region, and escalating to the workers it last heard of, while the
+    cloud master is unreachable."""
+    routing: EdgeRoutingSettings = field(default_factory=EdgeRoutingSettings)
+    """Overflow threshold and how long a cascade waits for the cloud."""
+    uplink: UplinkSettings = field(default_factory=UplinkSettings)
+    """How long a failed uplink to the GPU workers is left alone before a probe request."""
 
 
 class EdgeMaster(Master):
@@ -58,23 +69,51 @@ class EdgeMaster(Master):
         self.dispatcher: Dispatcher[bytes] = Dispatcher(
             self.pool, f"region {settings.region!r}", settings.dispatch,  # type: ignore[arg-type]
             on_attempt=self._count_attempt)
+        self.workers: EndpointPool[GrpcUpstream] = EndpointPool(self._connect, self._disconnect)
+        self._pools.append(self.workers)
+        cloud: Dispatcher[bytes] = Dispatcher(self.workers, "the cloud tier", settings.dispatch,  # type: ignore[arg-type]
+                                              on_attempt=self._count_attempt)
+        self.router = EdgeRouter(self.dispatcher, cloud, V2Wire(), settings=settings.routing,
+                                 uplink=UplinkHealth(settings.uplink))
         self.membership: MembershipLoop | None = None
+        self.topology: TopologyFollower | None = None
+        self.metrics.add_gauges(self._gauges)
 
     def _connect(self, state: MemberState) -> GrpcUpstream:
         kind = StreamUpstream if self.settings.upstream_streams else GrpcUpstream
         return kind(state.member.address, max_message_bytes=self.settings.max_message_bytes, name=state.member.id)
 
+    def _apply_topology(self, snapshot: TopologySnapshot) -> None:
+        self.router.catalog = snapshot.catalog
+        previous = {e.id: e.state for e in self.workers.endpoints.values()}
+        self.workers.sync(worker_states(snapshot, previous, time.monotonic()))
+
+    def _count_route(self, routed: Routed[bytes]) -> None:
+        self.metrics.routes.labels(routed.tier, routed.route).inc()
+
+    def _gauges(self) -> list[GaugeSample]:
+        samples: list[GaugeSample] = [
+            ("fogline_uplink_up", "1 while the uplink to the GPU workers is up", {}, float(self.router.uplink.up)),
+            ("fogline_cloud_workers", "GPU workers this edge may escalate to", {}, float(len(self.workers.endpoints)))]
+        if self.topology is not None:
+            samples.append(("fogline_topology_connected", "1 while following the cloud master's topology", {},
+                            float(self.topology.connected)))
+        return samples
+
     async def start(self) -> dict[str, Any]:
         s = self.settings
-        backend = ForwardingBackend(self.dispatcher, name="fogline-edge", tier="device",
-                                    ready=lambda: bool(self.pool.endpoints))
+        backend = EdgeBackend(self.router, name="fogline-edge", ready=lambda: bool(self.pool.endpoints),
+                              on_routed=self._count_route)
         control = ControlServicer(self.registry, region=s.region, services=frozenset({"device"}))
         addresses = await self._serve(backend, control, host=s.host, advertise_host=s.advertise_host,
                                       grpc_port=s.grpc_port, control_port=s.control_port, http_port=s.http_port)
         self.endpoints = {"id": s.edge_id, "region": s.region, **addresses}
         if s.cloud:
-            self.membership = MembershipLoop(GrpcControlClient(s.cloud), self._member, self._load)
+            client = GrpcControlClient(s.cloud)
+            self.membership = MembershipLoop(client, self._member, self._load)
             self.membership.start()
+            self.topology = TopologyFollower(client, self._apply_topology, watcher_id=s.edge_id, region=s.region)
+            self.topology.start()
         return dict(self.endpoints)
 
     def _member(self) -> Member:
@@ -107,11 +146,20 @@ class EdgeMaster(Master):
                 "cooling_down": bool(endpoint and endpoint.cooldown_until > time.monotonic()),
             })
         return {"tier": "edge", **self.endpoints, "ready": self.readiness()[0],
-                "cloud": self.settings.cloud,
                 "registered": self.membership.registered.is_set() if self.membership else None,
-                "models": self.pool.models(), "devices": devices}
+                "models": self.router.models(), "devices": devices, "cloud": self._cloud_status()}
+
+    def _cloud_status(self) -> dict[str, Any]:
+        workers = [{"id": e.id, "address": e.state.member.address, "models": sorted(e.state.member.models),
+                    "outstanding": e.outstanding,
+                    "load": {"in_flight": e.state.load.in_flight, "queue_depth": e.state.load.queue_depth}}
+                   for e in self.workers.endpoints.values()]
+        topology = self.topology.status() if self.topology else None
+        return {"master": self.settings.cloud, "topology": topology, "workers": workers, **self.router.status()}
 
     async def drain(self) -> None:
+        if self.topology is not None:
+            await self.topology.stop()
         if self.membership is not None:
             await self.membership.leave()  # the cloud master stops routing here first
         await self._stop_serving()

@@ -13,6 +13,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     from fogline.model_server import ModelServerSettings
 
+from fogline.catalog import CatalogError
+from fogline.repository import ConfigError
+
 S = TypeVar("S", bound="ModelServerSettings")
 
 DEFAULT_HOME = Path(os.environ.get("FOGLINE_HOME", Path.home() / ".fogline"))
@@ -62,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--upstream", choices=("stream", "unary"), default="stream",
                       help="forward to devices over one multiplexed stream each (default) or a call per request")
     edge.add_argument("--cloud", help="cloud master control address host:port (omit to run without one)")
+    edge.add_argument("--device-queue-limit", type=int, default=128,
+                      help="requests outstanding at a device node beyond which it counts as full; when all "
+                           "holding a model are, requests overflow to the cloud (default 128)")
+    edge.add_argument("--escalation-timeout-s", type=float, default=2.0,
+                      help="the longest a cascade waits for the cloud before answering from the device, "
+                           "flagged degraded (default 2.0)")
 
     cloud = sub.add_parser("cloud", help="run the cloud master (edge masters and GPU workers register here)")
     _common(cloud, region=False)
@@ -70,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="control-plane port for edge masters and GPU workers")
     cloud.add_argument("--member-ttl-s", type=float, default=3.0,
                        help="drop an edge master or worker silent this long")
+    cloud.add_argument("--catalog", type=Path,
+                       help="model catalog TOML: placement and cascade rules (default: run models where held)")
+    cloud.add_argument("--topology-refresh-s", type=float, default=2.0,
+                       help="resend the topology to edge masters at least this often (default 2.0)")
 
     up = sub.add_parser("up", help="start a whole local stack with sample models")
     up.add_argument("--workdir", type=Path, default=DEFAULT_HOME,
@@ -90,6 +103,20 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--session", help="affinity key (fogline.session)")
     infer.add_argument("--timeout-s", type=float, default=10.0)
 
+    calibrate = sub.add_parser("calibrate", help="choose a cascade's hardness threshold on labelled validation data")
+    calibrate.add_argument("--url", help="edge master host:port (default: the edge of the running `fogline up`)")
+    calibrate.add_argument("--state", type=Path, default=DEFAULT_HOME / "stack.json", help="state file of `fogline up`")
+    calibrate.add_argument("--model", required=True, help="the cascade's catalog name, e.g. digits")
+    calibrate.add_argument("--data", type=Path, required=True,
+                           help="validation data .npz with inputs and integer labels (keys x_val/y_val or x/y)")
+    calibrate.add_argument("--output", help="the output holding class probabilities (default: the only one)")
+    calibrate.add_argument("--criterion", choices=("max_prob", "entropy", "margin"), default="max_prob")
+    goal = calibrate.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--target-rate", type=float, help="escalate at most this share of requests, e.g. 0.3")
+    goal.add_argument("--max-drop", type=float,
+                      help="escalate as little as keeps accuracy within this of the cloud model's, e.g. 0.005")
+    calibrate.add_argument("--batch", type=int, default=64, help="rows per request (default 64)")
+
     samples = sub.add_parser("samples", help="build the sample model repository")
     samples.add_argument("directory", type=Path)
     return parser
@@ -100,8 +127,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     commands = {"device": _device, "worker": _worker, "edge": _edge, "cloud": _cloud, "up": _up,
-                "infer": _infer, "samples": _samples}
-    return commands[args.command](args)
+                "infer": _infer, "samples": _samples, "calibrate": _calibrate}
+    try:
+        return commands[args.command](args)
+    except ValueError as err:  # ConfigError, CatalogError: a file or flag to fix, not a crash
+        if not isinstance(err, (ConfigError, CatalogError)):
+            raise
+        print(f"fogline {args.command}: {err}", file=sys.stderr)
+        return 2
 
 
 def _model_server_settings(cls: type[S], args: argparse.Namespace, **extra: Any) -> S:
@@ -134,6 +167,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 def _edge(args: argparse.Namespace) -> int:
     from edge_master import EdgeMaster, EdgeSettings
+    from fogline.edge_router import EdgeRoutingSettings
     from fogline.service import run
 
     settings = EdgeSettings(
@@ -141,6 +175,8 @@ def _edge(args: argparse.Namespace) -> int:
         control_port=args.control_port, http_port=args.http_port, max_message_bytes=args.max_message_mb * MiB,
         member_ttl_s=args.member_ttl_s, drain_grace_s=args.drain_grace_s,
         upstream_streams=args.upstream == "stream", cloud=args.cloud,
+        routing=EdgeRoutingSettings(device_queue_limit=args.device_queue_limit,
+                                    escalation_timeout_s=args.escalation_timeout_s),
     )
     if args.id:
         settings.edge_id = args.id
@@ -154,7 +190,8 @@ def _cloud(args: argparse.Namespace) -> int:
     settings = CloudSettings(
         host=args.host, advertise_host=args.advertise_host, grpc_port=args.grpc_port,
         control_port=args.control_port, http_port=args.http_port, max_message_bytes=args.max_message_mb * MiB,
-        member_ttl_s=args.member_ttl_s, drain_grace_s=args.drain_grace_s,
+        member_ttl_s=args.member_ttl_s, drain_grace_s=args.drain_grace_s, catalog=args.catalog,
+        topology_refresh_s=args.topology_refresh_s,
     )
     if args.id:
         settings.cloud_id = args.id
@@ -176,6 +213,36 @@ def _samples(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stack_edge(url: str | None, state: Path) -> str | None:
+    """``url``, else the first edge master of the running ``fogline up``; None (after saying why) if neither."""
+    if url is not None:
+        return url
+    if not state.is_file():
+        print(f"no --url given and no running stack ({state} not found); start one with `fogline up`",
+              file=sys.stderr)
+        return None
+    return str(json.loads(state.read_text())["edge"]["grpc"])
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from fogline.calibrate import calibrate
+    from fogline.errors import FoglineError
+
+    url = _stack_edge(args.url, args.state)
+    if url is None:
+        return 2
+    try:
+        report = asyncio.run(calibrate(url, args.model, args.data, criterion=args.criterion, output=args.output,
+                                       target_rate=args.target_rate, max_drop=args.max_drop, batch=args.batch))
+    except FoglineError as err:
+        print(f"error: {err.code.value}: {err}", file=sys.stderr)
+        return 1
+    print(report)
+    return 0
+
+
 def _infer(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -183,13 +250,9 @@ def _infer(args: argparse.Namespace) -> int:
     from fogline.datatypes import numpy_dtype
     from fogline.errors import FoglineError
 
-    url = args.url
+    url = _stack_edge(args.url, args.state)
     if url is None:
-        if not args.state.is_file():
-            print(f"no --url given and no running stack ({args.state} not found); start one with `fogline up`",
-                  file=sys.stderr)
-            return 2
-        url = json.loads(args.state.read_text())["edge"]["grpc"]
+        return 2
     with SyncClient(url, timeout_s=args.timeout_s) as client:
         try:
             if args.input:

@@ -25,7 +25,15 @@ from fogline.errors import DeadlineExceededError, ErrorCode, FoglineError, Unava
 from fogline.grpc.codec import decode_outputs, decode_parameters, encode_request
 from fogline.grpc.server import DEFAULT_MAX_MESSAGE_BYTES, channel_options
 from fogline.grpc.status import from_rpc_error
-from fogline.types import PARAM_NODE, PARAM_ROUTE, PARAM_SESSION, PARAM_TIER, ParameterValue, TensorSpec
+from fogline.types import (
+    PARAM_DEGRADED,
+    PARAM_NODE,
+    PARAM_ROUTE,
+    PARAM_SESSION,
+    PARAM_TIER,
+    ParameterValue,
+    TensorSpec,
+)
 
 T = TypeVar("T")
 
@@ -51,7 +59,13 @@ class InferResult:
 
     @property
     def route(self) -> str:
+        """Why it ran there: placement, hint, overflow, failover, cascade-easy, cascade-hard, degraded."""
         return str(self.parameters.get(PARAM_ROUTE, ""))
+
+    @property
+    def degraded(self) -> bool:
+        """A cascade's device answer, returned because the cloud could not be reached."""
+        return bool(self.parameters.get(PARAM_DEGRADED, False))
 
 
 @dataclass(frozen=True)
@@ -115,17 +129,20 @@ class Client:
         raise UnavailableError(f"no endpoint answered: {'; '.join(map(str, errors))}")
 
     async def infer(self, model: str, inputs: Mapping[str, np.ndarray], *, outputs: Sequence[str] | None = None,
-                    version: str = "", request_id: str = "", session: str | None = None,
+                    version: str = "", request_id: str = "", session: str | None = None, tier: str | None = None,
                     parameters: Mapping[str, ParameterValue] | None = None,
                     timeout_s: float | None = None) -> InferResult:
         """Run ``model`` on ``inputs``; raises a FoglineError subclass on failure.
 
-        ``session`` pins requests with the same key to the same device (affinity);
-        ``parameters`` are passed through (e.g. ``{"fogline.tier": "cloud"}``).
+        ``session`` pins requests with the same key to the same device (affinity); ``tier`` asks an
+        edge master for a tier (``device`` or ``cloud``; default ``auto``, its own choice);
+        ``parameters`` are passed through.
         """
         params = dict(parameters or {})
         if session is not None:
             params[PARAM_SESSION] = session
+        if tier is not None:
+            params[PARAM_TIER] = tier
         request = encode_request(model, inputs, version=version, request_id=request_id, outputs=outputs,
                                  parameters=params)
         reply, endpoint = await self._call(lambda stub, t: stub.ModelInfer(request, timeout=t), timeout_s)

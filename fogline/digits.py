@@ -5,6 +5,7 @@
     root/digits-small/config.toml + 1/model.onnx   tiny MLP for device nodes (ONNX Runtime), ~96% accurate
     root/digits-large/config.toml + 1/model.pt     larger MLP for the cloud worker (TorchScript), ~99%
     root/digits-split.npz                          x_val, y_val, x_test, y_test
+    root/catalog.toml                              the cascade "digits", its threshold chosen on val
 
 Both models take ``input`` FP32 ``[-1, 64]`` (an 8x8 image row by row, pixels scaled to [0, 1]) and
 return ``probs`` FP32 ``[-1, 10]`` (softmax probabilities). The 1,797 images are split once,
@@ -40,7 +41,9 @@ if TYPE_CHECKING:
 
 SMALL = "digits-small"
 LARGE = "digits-large"
+CASCADE = "digits"
 SPLIT_FILE = "digits-split.npz"
+CATALOG_FILE = "catalog.toml"
 MODEL_FILES = {SMALL: "model.onnx", LARGE: "model.pt"}
 
 SEED = 0
@@ -51,7 +54,7 @@ LARGE_HIDDEN = 256
 # One thread: on a small shared CPU, two threads train the large model only ~20% faster when the
 # machine is idle but ~3.5x slower when another process is busy (threads spin-waiting on each other).
 TRAIN_THREADS = 1
-CASCADE_SHARE = 0.3  # share of requests the config comment's example threshold escalates on val
+CASCADE_SHARE = 0.3  # share of validation requests the catalog's cascade threshold escalates
 
 OPSET = 17
 IR_VERSION = 9  # loadable by every ONNX Runtime since 1.15
@@ -98,17 +101,18 @@ def build_digits_repository(root: Path, *, force: bool = False) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     todo = [name for name in (SMALL, LARGE) if force or not _model_exists(root / name)]
     write_split = force or not (root / SPLIT_FILE).is_file()
-    if not todo and not write_split:
-        return root
-    data = split_digits()
-    if write_split:
-        _save_split(root / SPLIT_FILE, data.split)
-    if todo:
-        with _torch_settings():
-            if SMALL in todo:
-                _build_small(root / SMALL, data)
-            if LARGE in todo:
-                _build_large(root / LARGE, data)
+    if todo or write_split:
+        data = split_digits()
+        if write_split:
+            _save_split(root / SPLIT_FILE, data.split)
+        if todo:
+            with _torch_settings():
+                if SMALL in todo:
+                    _build_small(root / SMALL, data)
+                if LARGE in todo:
+                    _build_large(root / LARGE, data)
+    if force or todo or not (root / CATALOG_FILE).is_file():
+        _write_atomic(root / CATALOG_FILE, catalog_toml(root))
     return root
 
 
@@ -338,6 +342,17 @@ def large_probabilities(root: Path, x: np.ndarray) -> np.ndarray:
     return out
 
 
+def catalog_toml(root: Path) -> str:
+    """The catalog with the cascade ``digits``: a max-probability threshold that escalates
+    CASCADE_SHARE of the validation split (only the small model's outputs are needed)."""
+    from fogline.escalation import threshold_for_rate
+
+    split = load_split(root)
+    rule = threshold_for_rate(small_probabilities(root, split.x_val), "max_prob", CASCADE_SHARE)
+    return CATALOG.format(name=CASCADE, small=SMALL, large=LARGE, share=100 * CASCADE_SHARE,
+                          threshold=rule.max_prob_below)
+
+
 def threshold_for_share(probs: np.ndarray, share: float) -> float:
     """The max-probability threshold below which about ``share`` of these inputs fall (choose it on val)."""
     return float(np.quantile(probs.max(axis=1), share))
@@ -405,6 +420,23 @@ shape = [-1, 64]
 name = "probs"
 datatype = "FP32"
 shape = [-1, 10]
+"""
+
+
+CATALOG = """\
+# The model catalog (fogline cloud --catalog): where each model runs. Models not listed here run
+# where they are held: on devices (and in the cloud for overflow/failover if a worker holds them too),
+# else on GPU workers.
+#
+# "{name}": the digits cascade. {small} answers on a device; inputs it is unsure of (max probability
+# below the threshold) go to {large} on a GPU worker. The threshold escalates {share:.0f}% of the
+# validation split (fogline calibrate picks one for a target rate or accuracy on your own data).
+[models.{name}]
+placement = "cascade"
+device_model = "{small}"
+cloud_model = "{large}"
+output = "probs"
+max_prob_below = {threshold!r}
 """
 
 

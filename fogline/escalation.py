@@ -178,6 +178,8 @@ class CatalogEntry:
     """The model GPU workers hold for it."""
     rule: HardnessRule | None = None
     """For a cascade: which device answers go to the cloud model."""
+    output: str | None = None
+    """For a cascade: the device model's output holding class probabilities (None: its only output)."""
 
     def __post_init__(self) -> None:
         problem = self._problem()
@@ -201,6 +203,8 @@ class CatalogEntry:
             return "placement 'cascade' needs a hardness rule"
         if not cascade and self.rule is not None:
             return "a hardness rule applies only to placement 'cascade'"
+        if not cascade and self.output:
+            return "output (the probabilities a cascade judges) applies only to placement 'cascade'"
         return None
 
     @property
@@ -383,6 +387,11 @@ class UplinkHealth:
         self._down_s: float | None = None  # None while up
         self._retry_at = 0.0
         self._probing = False  # a probe went out since the last failure
+
+    @property
+    def up(self) -> bool:
+        """No failure since the last success (for status; routing calls :meth:`available`)."""
+        return self._down_s is None
 
     def available(self) -> bool:
         """True if a request may go to the cloud now. While down, a True lets the caller's request

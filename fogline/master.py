@@ -33,6 +33,7 @@ class Master:
         self.registry = EmbeddedRegistry(ttl_s=member_ttl_s, heartbeat_interval_s=heartbeat_interval_s)
         self.pool: EndpointPool[GrpcUpstream] = EndpointPool(connect, self._disconnect)
         self.registry.watch(lambda: self.pool.sync(self.registry.members(pooled_service)))
+        self._pools: list[EndpointPool[GrpcUpstream]] = [self.pool]  # closed on drain
         self.endpoints: dict[str, Any] = {}
         self._member_ttl_s = member_ttl_s
         self._max_message_bytes = max_message_bytes
@@ -82,5 +83,6 @@ class Master:
         self._expiry.cancel()
         await self._control.stop(1.0)
         await self._http.cleanup()
-        self.pool.close()
+        for pool in self._pools:
+            pool.close()
         await asyncio.gather(*self._closing, return_exceptions=True)

@@ -35,6 +35,8 @@ class Metrics:
         self._latencies: dict[str, Histogram] = {}
         self.retries = Counter("fogline_retries", "Requests retried on another endpoint",
                                registry=self.registry)
+        self.routes = Counter("fogline_routes", "Requests an edge master answered, by where they ran and why",
+                              ["tier", "route"], registry=self.registry)
 
     def observe(self, model: str, code: str, seconds: float) -> None:
         counter = self._counters.get((model, code))

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +32,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def sample_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The sample model repository (mlp, cnn), built once per test session."""
     return build_sample_repository(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def digits_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The digits cascade repository (digits-small, digits-large, split, catalog.toml), trained once per
+    session (about 15 s) in a subprocess, as ``fogline up`` does."""
+    root = tmp_path_factory.mktemp("digits")
+    subprocess.run([sys.executable, "-m", "fogline.digits", str(root)], check=True, capture_output=True,
+                   stdin=subprocess.DEVNULL)
+    return root
 
 
 @pytest.fixture

@@ -80,3 +80,57 @@ class DeregisterRequest(_message.Message):
 class DeregisterResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class WatchTopologyRequest(_message.Message):
+    __slots__ = ("watcher_id", "region")
+    WATCHER_ID_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    watcher_id: str
+    region: str
+    def __init__(self, watcher_id: _Optional[str] = ..., region: _Optional[str] = ...) -> None: ...
+
+class WorkerState(_message.Message):
+    __slots__ = ("member", "load")
+    MEMBER_FIELD_NUMBER: _ClassVar[int]
+    LOAD_FIELD_NUMBER: _ClassVar[int]
+    member: Member
+    load: Load
+    def __init__(self, member: _Optional[_Union[Member, _Mapping]] = ..., load: _Optional[_Union[Load, _Mapping]] = ...) -> None: ...
+
+class HardnessRule(_message.Message):
+    __slots__ = ("max_prob_below", "entropy_above", "margin_below")
+    MAX_PROB_BELOW_FIELD_NUMBER: _ClassVar[int]
+    ENTROPY_ABOVE_FIELD_NUMBER: _ClassVar[int]
+    MARGIN_BELOW_FIELD_NUMBER: _ClassVar[int]
+    max_prob_below: float
+    entropy_above: float
+    margin_below: float
+    def __init__(self, max_prob_below: _Optional[float] = ..., entropy_above: _Optional[float] = ..., margin_below: _Optional[float] = ...) -> None: ...
+
+class CatalogEntry(_message.Message):
+    __slots__ = ("name", "placement", "device_model", "cloud_model", "rule", "output")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_MODEL_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    placement: str
+    device_model: str
+    cloud_model: str
+    rule: HardnessRule
+    output: str
+    def __init__(self, name: _Optional[str] = ..., placement: _Optional[str] = ..., device_model: _Optional[str] = ..., cloud_model: _Optional[str] = ..., rule: _Optional[_Union[HardnessRule, _Mapping]] = ..., output: _Optional[str] = ...) -> None: ...
+
+class Topology(_message.Message):
+    __slots__ = ("version", "workers", "catalog", "refresh_ms")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_FIELD_NUMBER: _ClassVar[int]
+    REFRESH_MS_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    workers: _containers.RepeatedCompositeFieldContainer[WorkerState]
+    catalog: _containers.RepeatedCompositeFieldContainer[CatalogEntry]
+    refresh_ms: int
+    def __init__(self, version: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerState, _Mapping]]] = ..., catalog: _Optional[_Iterable[_Union[CatalogEntry, _Mapping]]] = ..., refresh_ms: _Optional[int] = ...) -> None: ...

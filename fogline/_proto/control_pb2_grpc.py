@@ -49,6 +49,11 @@ class ControlStub:
                 request_serializer=control__pb2.DeregisterRequest.SerializeToString,
                 response_deserializer=control__pb2.DeregisterResponse.FromString,
                 _registered_method=True)
+        self.WatchTopology = channel.unary_stream(
+                '/fogline.control.v1.Control/WatchTopology',
+                request_serializer=control__pb2.WatchTopologyRequest.SerializeToString,
+                response_deserializer=control__pb2.Topology.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -76,6 +81,16 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchTopology(self, request, context):
+        """The cloud master's view an edge master needs: the GPU workers and the model catalog. The first
+        message is the current topology; another follows on every change, and at least every
+        `refresh_ms` (with the workers' latest load), so a watcher that hears nothing for a few
+        refresh periods knows the stream is dead. A watcher keeps the last topology it received.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +108,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.Deregister,
                     request_deserializer=control__pb2.DeregisterRequest.FromString,
                     response_serializer=control__pb2.DeregisterResponse.SerializeToString,
+            ),
+            'WatchTopology': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchTopology,
+                    request_deserializer=control__pb2.WatchTopologyRequest.FromString,
+                    response_serializer=control__pb2.Topology.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +196,33 @@ class Control:
             '/fogline.control.v1.Control/Deregister',
             control__pb2.DeregisterRequest.SerializeToString,
             control__pb2.DeregisterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchTopology(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fogline.control.v1.Control/WatchTopology',
+            control__pb2.WatchTopologyRequest.SerializeToString,
+            control__pb2.Topology.FromString,
             options,
             channel_credentials,
             insecure,

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 
 from fogline._proto import control_pb2 as cpb
 from fogline._proto import control_pb2_grpc as cpb_grpc
-from fogline.errors import InvalidInputError
+from fogline.catalog import Catalog
+from fogline.errors import InternalError, InvalidInputError
+from fogline.escalation import CatalogEntry, HardnessRule, Placement
 from fogline.grpc.server import channel_options
 from fogline.grpc.status import from_rpc_error
 from fogline.grpc.v2 import abort
 from fogline.registry import EmbeddedRegistry, Load, Member
+from fogline.topology import TopologyPublisher, TopologySnapshot
+
+log = logging.getLogger(__name__)
 
 CONTROL_MAX_MESSAGE_BYTES = 1024 * 1024
 
@@ -29,13 +35,55 @@ def member_to_proto(m: Member) -> cpb.Member:
                       meta=m.meta)
 
 
-class ControlServicer(cpb_grpc.ControlServicer):
-    """Registers children of a master into its embedded registry."""
+def entry_to_proto(entry: CatalogEntry) -> cpb.CatalogEntry:
+    msg = cpb.CatalogEntry(name=entry.name, placement=entry.placement.value, device_model=entry.device_model or "",
+                           cloud_model=entry.cloud_model or "", output=entry.output or "")
+    rule = entry.rule
+    if rule is not None:
+        msg.rule.CopyFrom(cpb.HardnessRule(max_prob_below=rule.max_prob_below, entropy_above=rule.entropy_above,
+                                           margin_below=rule.margin_below))
+    return msg
 
-    def __init__(self, registry: EmbeddedRegistry, *, region: str, services: frozenset[str]) -> None:
+
+def entry_from_proto(msg: cpb.CatalogEntry) -> CatalogEntry:
+    rule = None
+    if msg.HasField("rule"):
+        rule = HardnessRule(**{f: getattr(msg.rule, f) for f in ("max_prob_below", "entropy_above", "margin_below")
+                               if msg.rule.HasField(f)})
+    return CatalogEntry(name=msg.name, placement=Placement(msg.placement), device_model=msg.device_model or None,
+                        cloud_model=msg.cloud_model or None, rule=rule, output=msg.output or None)
+
+
+def topology_to_proto(snapshot: TopologySnapshot) -> cpb.Topology:
+    return cpb.Topology(
+        version=snapshot.version, refresh_ms=int(snapshot.refresh_s * 1000),
+        workers=[cpb.WorkerState(member=member_to_proto(m), load=cpb.Load(in_flight=load.in_flight,
+                                                                          queue_depth=load.queue_depth))
+                 for m, load in snapshot.workers],
+        catalog=[entry_to_proto(e) for e in snapshot.catalog.entries.values()])
+
+
+def topology_from_proto(msg: cpb.Topology) -> TopologySnapshot:
+    try:
+        catalog = Catalog(entry_from_proto(e) for e in msg.catalog)
+    except ValueError as exc:  # a newer cloud master's catalog this edge cannot use
+        raise InternalError(f"the cloud master sent a catalog this edge master cannot read: {exc}") from None
+    return TopologySnapshot(
+        version=msg.version, refresh_s=msg.refresh_ms / 1000 or 1.0, catalog=catalog,
+        workers=tuple((member_from_proto(w.member), Load(in_flight=w.load.in_flight, queue_depth=w.load.queue_depth))
+                      for w in msg.workers))
+
+
+class ControlServicer(cpb_grpc.ControlServicer):
+    """Registers children of a master into its embedded registry; on the cloud master, also streams
+    the topology to edge masters."""
+
+    def __init__(self, registry: EmbeddedRegistry, *, region: str, services: frozenset[str],
+                 topology: TopologyPublisher | None = None) -> None:
         self.registry = registry
         self.region = region
         self.services = services
+        self.topology = topology
 
     async def Register(self, request: cpb.RegisterRequest,
                        context: grpc.aio.ServicerContext) -> cpb.RegisterResponse:
@@ -64,6 +112,17 @@ class ControlServicer(cpb_grpc.ControlServicer):
                          context: grpc.aio.ServicerContext) -> cpb.DeregisterResponse:
         self.registry.deregister(request.id)
         return cpb.DeregisterResponse()
+
+
+    async def WatchTopology(self, request: cpb.WatchTopologyRequest,
+                            context: grpc.aio.ServicerContext) -> AsyncIterator[cpb.Topology]:
+        if self.topology is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                                "only the cloud master serves a topology; point --cloud at its control address")
+            return
+        log.info("edge master %s (region %s) follows the topology", request.watcher_id, request.region)
+        async for snapshot in self.topology.updates():
+            yield topology_to_proto(snapshot)
 
 
 class GrpcControlClient:
@@ -98,6 +157,17 @@ class GrpcControlClient:
             await self._stub.Deregister(cpb.DeregisterRequest(id=member_id), timeout=self.timeout_s)
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc, peer=f"master {self.address}") from None
+
+    async def watch(self, watcher_id: str, region: str) -> AsyncIterator[TopologySnapshot]:
+        """The cloud master's topology stream (implements ``fogline.topology.TopologySource``)."""
+        call = self._stub.WatchTopology(cpb.WatchTopologyRequest(watcher_id=watcher_id, region=region))
+        try:
+            async for msg in call:
+                yield topology_from_proto(msg)
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc, peer=f"cloud master {self.address}") from None
+        finally:
+            call.cancel()
 
     async def close(self) -> None:
         await self._channel.close()

@@ -1,25 +1,38 @@
-"""The V2 backend of a master: route each request to an upstream and forward it as received."""
+"""The V2 backends of the masters: route each request to an upstream and forward it as received.
+
+- :class:`ForwardingBackend`: over one dispatcher (a pool of device nodes, or of edge masters).
+- :class:`EdgeBackend`: an edge master's, over :class:`fogline.edge_router.EdgeRouter` (devices of
+  its region, GPU workers in the cloud).
+- :class:`RegionalBackend`: the cloud master's global entry point, to the edge master of a region.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import numpy as np
+from google.protobuf.message import DecodeError
+
 from fogline._proto import inference_pb2 as pb
 from fogline.dispatch import Dispatcher, RegionalDispatch
-from fogline.errors import FoglineError, ModelNotFoundError, UnavailableError
-from fogline.grpc.codec import set_parameters
+from fogline.edge_router import EdgeRouter, Routed
+from fogline.errors import FoglineError, InternalError, InvalidInputError, ModelNotFoundError, UnavailableError
+from fogline.grpc.codec import decode_raw, decode_typed, set_parameters
 from fogline.grpc.upstream import GrpcUpstream
 from fogline.grpc.v2 import V2Backend
 from fogline.grpc.wire import length_delimited
 from fogline.types import (
     PARAM_ATTEMPTS,
+    PARAM_DEGRADED,
     PARAM_NODE,
     PARAM_REGION,
     PARAM_ROUTE,
     PARAM_SESSION,
     PARAM_TIER,
     ROUTE_PLACEMENT,
+    TIER_AUTO,
+    TIER_CLOUD,
 )
 
 METADATA_TIMEOUT_S = 5.0
@@ -95,6 +108,117 @@ class ForwardingBackend(V2Backend):
             return await self._ask(name, lambda u: u.model_ready(name, version, METADATA_TIMEOUT_S))
         except FoglineError:
             return False
+
+
+class V2Wire:
+    """``fogline.edge_router.Wire`` for V2 messages as bytes."""
+
+    @staticmethod
+    def retarget(request: bytes, model: str) -> bytes:
+        return request + length_delimited(1, model.encode())  # ModelInferRequest.model_name: the last wins
+
+    @staticmethod
+    def probabilities(response: bytes, output: str | None) -> np.ndarray:
+        try:
+            msg = pb.ModelInferResponse.FromString(response)
+        except DecodeError:
+            raise InternalError("an upstream answered with a malformed ModelInferResponse") from None
+        names = [t.name for t in msg.outputs]
+        if output is None and len(names) != 1:
+            raise InvalidInputError(f"model {msg.model_name!r} has outputs {names}: the catalog entry must name "
+                                    f"the one holding class probabilities (output = ...)")
+        index = 0 if output is None else names.index(output) if output in names else -1
+        if index < 0:
+            raise InvalidInputError(f"model {msg.model_name!r} has no output {output!r}; its outputs are {names}")
+        tensor = msg.outputs[index]
+        if msg.raw_output_contents:
+            return decode_raw(tensor.name, tensor.datatype, tensor.shape, msg.raw_output_contents[index])
+        return decode_typed(tensor.name, tensor.datatype, tensor.shape, tensor.contents)
+
+
+class EdgeBackend(V2Backend):
+    """An edge master's V2 service: each request runs where :class:`EdgeRouter` decides; the upstream's
+    answer goes back untouched but for the caller's id, the model name it asked for, and the tags
+    saying where it ran and why."""
+
+    def __init__(self, router: EdgeRouter[bytes], *, name: str, ready: Callable[[], bool],
+                 on_routed: Callable[[Routed[bytes]], None] | None = None) -> None:
+        self.router = router
+        self.name = name
+        self._ready = ready
+        self._on_routed = on_routed
+        self._tags: dict[tuple[str, str, str, int, bool], bytes] = {}
+
+    def ready(self) -> bool:
+        return self._ready()
+
+    def known_model(self, name: str) -> bool:
+        return name in self.router.catalog.entries or bool(
+            self.router.devices.pool.for_model(name) or self.router.cloud.pool.for_model(name))
+
+    async def infer(self, data: bytes, request: pb.ModelInferRequest, deadline: float | None) -> bytes:
+        params = request.parameters
+        hint = params[PARAM_TIER].string_param if PARAM_TIER in params else TIER_AUTO
+        session = params[PARAM_SESSION].string_param if PARAM_SESSION in params else None
+        routed = await self.router.infer(request.model_name, data, hint=hint, session=session, deadline=deadline)
+        if self._on_routed is not None:
+            self._on_routed(routed)
+        out = routed.response + length_delimited(3, request.id.encode())
+        if routed.model != request.model_name:  # a catalog name: answer as the model the caller asked for
+            out += length_delimited(1, request.model_name.encode())
+        return out + self._tag(routed)
+
+    def _tag(self, routed: Routed[bytes]) -> bytes:
+        key = (routed.tier, routed.node, routed.route, routed.attempts, routed.degraded)
+        tag = self._tags.get(key)
+        if tag is None:
+            values: dict[str, bool | int | str] = {PARAM_TIER: routed.tier, PARAM_NODE: routed.node,
+                                                   PARAM_ROUTE: routed.route, PARAM_ATTEMPTS: routed.attempts}
+            if routed.degraded:
+                values[PARAM_DEGRADED] = True
+            msg = pb.ModelInferResponse()
+            set_parameters(msg.parameters, values)
+            tag = msg.SerializeToString()
+            if len(self._tags) < 4096:
+                self._tags[key] = tag
+        return tag
+
+    def _holders(self, name: str) -> list[tuple[str, GrpcUpstream]]:
+        """The upstreams that can describe ``name`` (devices first, least loaded first), each with the
+        name it knows the model by: the catalog entry's device model on a device, cloud model on a worker."""
+        entry = self.router.entry(name)
+        found: list[tuple[str, GrpcUpstream]] = []
+        for tier in entry.tiers:
+            model = entry.model_on(tier)
+            dispatcher = self.router.cloud if tier == TIER_CLOUD else self.router.devices
+            endpoints = sorted(dispatcher.pool.for_model(model), key=lambda e: e.load())
+            found += [(model, e.upstream) for e in endpoints]  # type: ignore[misc]
+        return found
+
+    async def model_metadata(self, name: str, version: str) -> pb.ModelMetadataResponse:
+        last: FoglineError = UnavailableError("none is connected")
+        for model, upstream in self._holders(name):
+            try:
+                reply = await upstream.model_metadata(model, version, METADATA_TIMEOUT_S)
+            except UnavailableError as err:
+                last = err
+                continue
+            reply.name = name
+            return reply
+        raise UnavailableError(f"no device node or GPU worker holding {name!r} answered: {last}")
+
+    async def model_ready(self, name: str, version: str) -> bool:
+        try:
+            holders = self._holders(name)
+        except ModelNotFoundError:
+            return False
+        for model, upstream in holders:
+            try:
+                if await upstream.model_ready(model, version, METADATA_TIMEOUT_S):
+                    return True
+            except FoglineError:
+                continue
+        return False
 
 
 class RegionalBackend(ForwardingBackend):

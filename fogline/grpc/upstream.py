@@ -106,8 +106,10 @@ class StreamUpstream(GrpcUpstream):
             async with self._write_lock:
                 await call.write(request + suffix.SerializeToString())
             return await future
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
-            raise UnavailableError(f"{self.name}: stream broken: {exc}") from None
+        except grpc.aio.AioRpcError as exc:
+            raise UnavailableError(f"{self.name}: stream broken: {exc.details() or exc.code().name}") from None
+        except asyncio.InvalidStateError:
+            raise UnavailableError(f"{self.name}: stream broken") from None
         finally:
             pending.pop(tag, None)
             if timer is not None:

@@ -163,4 +163,4 @@ async def test_status_shows_edges_with_their_load(cloud: CloudMaster, regions: d
     assert body["models"] == ["cnn", "mlp"]
     assert {e["id"]: e["region"] for e in body["edges"]} == {"edge-eu": "eu", "edge-us": "us"}
     status, ready = await get(f"http://{regions['eu'].edge.endpoints['http']}/v1/status")
-    assert ready["cloud"] == cloud.endpoints["control"] and ready["registered"] is True
+    assert ready["cloud"]["master"] == cloud.endpoints["control"] and ready["registered"] is True

@@ -50,7 +50,7 @@ async def test_an_edge_without_devices_is_not_ready_and_says_why() -> None:
             assert (await r.json())["reason"] == "no device node registered in region 'empty'"
         async with Client(master.endpoints["grpc"]) as client:
             assert await client.server_ready() is False
-            with pytest.raises(FoglineError, match="no endpoint is registered in region 'empty'") as info:
+            with pytest.raises(FoglineError, match="no device node is registered in region 'empty'") as info:
                 await client.infer("mlp", {"input": np.ones((1, 64), np.float32)})
             assert info.value.code is ErrorCode.UNAVAILABLE
     finally:

@@ -25,8 +25,8 @@ TEST_ROWS = VAL_ROWS = 360  # 20% of the 1,797 digits each
 
 
 @pytest.fixture(scope="session")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return digits.build_digits_repository(tmp_path_factory.mktemp("digits"))
+def repo(digits_models: Path) -> Path:
+    return digits_models
 
 
 @pytest.fixture(scope="session")
@@ -221,3 +221,17 @@ def test_the_cascade_helpers() -> None:
 def test_importing_the_module_imports_neither_torch_nor_sklearn() -> None:
     code = "import sys, fogline.digits; sys.exit('torch' in sys.modules or 'sklearn' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_the_catalog_holds_the_digits_cascade_that_meets_the_goal_on_the_test_split(
+        repo: Path, split: Split, small_test: np.ndarray, large_test: np.ndarray) -> None:
+    from fogline.catalog import load_catalog
+    from fogline.escalation import Placement, evaluate
+
+    entry = load_catalog(repo / digits.CATALOG_FILE).entries["digits"]
+    assert (entry.placement, entry.device_model, entry.cloud_model, entry.output) == (
+        Placement.CASCADE, SMALL, LARGE, "probs")
+    assert entry.rule is not None
+    result = evaluate(small_test, large_test, split.y_test, entry.rule)
+    assert result.escalation_rate <= 0.30
+    assert result.accuracy >= result.cloud_accuracy - 0.005
