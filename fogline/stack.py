@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from fogline.digits import CATALOG_FILE
 from fogline.launch import Launched, LaunchError, launch, wait_ready
 from fogline.samples import build_sample_repository
 from fogline.service import write_json_atomic
@@ -33,7 +34,8 @@ class StackError(RuntimeError):
 
 
 DEVICE_MODELS = ("mlp", "cnn", "digits-small")
-WORKER_MODELS = ("digits-large",)
+# cnn on the worker too: a device model with a cloud variant, for overflow and failover.
+WORKER_MODELS = ("digits-large", "cnn")
 
 
 class LocalStack:
@@ -80,7 +82,7 @@ class LocalStack:
         models = self._build_models()
         cloud = self._wait_ready(self._spawn(
             "cloud", "cloud", "--id", "cloud", "--grpc-port", str(self.cloud_port),
-            "--http-port", str(self.cloud_http_port)))
+            "--http-port", str(self.cloud_http_port), "--catalog", str(models / CATALOG_FILE)))
         worker = self._spawn("worker-0", "worker", "--id", "worker-0", "--models", str(models),
                              *_only(WORKER_MODELS), "--master", cloud["control"])
         edges = {}
@@ -176,4 +178,5 @@ def _print_state(state: dict[str, Any], state_file: Path) -> None:
             print(f"  {region}: device node {d['id']:<18} grpc {d['grpc']:<22} http http://{d['http']}")
     print(f"State file: {state_file}")
     print(f"Try:  fogline infer --model cnn      (or: curl http://{cloud['http']}/v1/topology)")
+    print(f"      fogline calibrate --model digits --data {state['models']}/digits-split.npz --target-rate 0.3")
     print("Ctrl-C stops everything.", flush=True)

@@ -109,6 +109,16 @@ def test_fogline_up_infer_and_stop(fogline_up: tuple[subprocess.Popen[bytes], Pa
     assert "logits float32 [1, 10]" in through_edge, through_edge
     through_cloud = infer("--url", cloud["grpc"], "--model", "digits-small")
     assert "tier=device" in through_cloud and "probs float32 [1, 10]" in through_cloud, through_cloud
+    cascade = infer("--state", str(state_file), "--model", "digits")
+    assert "model digits " in cascade and "route=cascade-" in cascade, cascade
+    on_worker = infer("--state", str(state_file), "--model", "digits-large")
+    assert "tier=cloud node=worker-0 route=placement" in on_worker, on_worker
+    calibrated = subprocess.run(
+        [sys.executable, "-m", "fogline", "calibrate", "--state", str(state_file), "--model", "digits",
+         "--data", str(Path(state["models"]) / "digits-split.npz"), "--target-rate", "0.3"],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert calibrated.returncode == 0, calibrated.stderr
+    assert "[models.digits]\nmax_prob_below = " in calibrated.stdout, calibrated.stdout
 
     stopping = time.monotonic()
     up.send_signal(signal.SIGTERM)
