@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 EXTRAS ?= cpu,cloud,dev
 
-.PHONY: install up test lint bench protos
+.PHONY: install up test lint bench bench-cascade protos
 
 install: $(VENV)/.installed
 
@@ -28,6 +28,10 @@ lint: install
 
 bench: install
 	$(PY) -m bench
+	$(PY) -m bench.cascade
+
+bench-cascade: install
+	$(PY) -m bench.cascade
 
 protos: install
 	$(PY) tools/gen_protos.py

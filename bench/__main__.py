@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
 
-from bench.report import machine_facts, render, report_command
+from bench.report import keep_sections, machine_facts, render, report_command
 from bench.servers import Servers
 from bench.suite import Settings, progress, run_suite
 
@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + stop.signum
     document = render(results, settings, report_command(argv), date, facts)
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    document = keep_sections(args.out.read_text() if args.out.is_file() else "", document)
     args.out.write_text(document)
     progress(f"wrote {args.out}")
     print(document)

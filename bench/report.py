@@ -10,6 +10,7 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from importlib import metadata
+from pathlib import Path
 
 from bench.results import ALL_CORES, DEVICE, DEVICE_NO_BATCHING, ECHO, EDGE, ORT, Case, Results, Summary
 from bench.suite import BATCHING_CONCURRENCIES, BATCHING_MODEL, CONCURRENCIES, MODELS, Settings
@@ -402,6 +403,38 @@ def render(results: Results, settings: Settings, command: str, date: str, facts:
     return "\n\n".join(sections) + "\n"
 
 
-def report_command(argv: Sequence[str]) -> str:
+def report_command(argv: Sequence[str], module: str = "bench") -> str:
     """The command line that produced the report, as a user would type it."""
-    return " ".join(["python -m bench", *(shlex.quote(a) for a in argv)])
+    return " ".join([f"python -m {module}", *(shlex.quote(a) for a in argv)])
+
+
+def _markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}: begin (written by python -m bench.{name}) -->", f"<!-- {name}: end -->"
+
+
+def section_of(document: str, name: str) -> str | None:
+    """The marked section ``name`` of ``document``, markers included; None if it has none."""
+    begin, end = _markers(name)
+    start = document.find(begin)
+    stop = document.find(end, start)
+    return document[start:stop + len(end)] if start >= 0 and stop >= 0 else None
+
+
+def write_section(path: Path, name: str, body: str) -> None:
+    """Put ``body`` in ``path`` as the marked section ``name``, replacing the old one or appending it."""
+    begin, end = _markers(name)
+    document = path.read_text() if path.is_file() else ""
+    marked = f"{begin}\n{body}\n{end}"
+    old = section_of(document, name)
+    document = document.replace(old, marked) if old else document.rstrip("\n") + "\n\n" + marked + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(document)
+
+
+def keep_sections(old_document: str, new_document: str, names: Sequence[str] = ("cascade",)) -> str:
+    """``new_document`` with the marked sections of ``old_document`` (other benchmarks' results) kept."""
+    for name in names:
+        section = section_of(old_document, name)
+        if section and section_of(new_document, name) is None:
+            new_document = new_document.rstrip("\n") + "\n\n" + section + "\n"
+    return new_document

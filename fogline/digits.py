@@ -404,8 +404,11 @@ LARGE_CONFIG = """\
 # TorchScript (torch.jit.load); the softmax is inside the model, so it returns probabilities.
 # input and probs: as digits-small (pixels scaled to [0, 1]; probabilities of the digits 0-9).
 # Batches form while the previous one runs, so no queue delay: a lone request runs at once.
+# One thread: a run takes tens of microseconds, less than waking a second thread costs, and idle
+# intra-op threads spinning after each run would take CPU from everything else on the host.
 platform = "pytorch"
 max_batch_size = 256
+intra_op_threads = 1
 
 [batching]
 max_queue_delay_us = 0
