@@ -117,9 +117,10 @@ class EdgeMaster(Master):
         return dict(self.endpoints)
 
     def _member(self) -> Member:
-        """This edge as the cloud master sees it; heartbeats carry its models as devices come and go."""
+        """This edge as the cloud master sees it; heartbeats carry its models as devices come and go:
+        every name it serves, catalog names and what it reaches on GPU workers included."""
         return Member(id=self.settings.edge_id, service="edge", address=self.endpoints["grpc"],
-                      region=self.settings.region, models=frozenset(self.pool.models()),
+                      region=self.settings.region, models=frozenset(self.router.models()),
                       capacity=sum(e.state.member.capacity for e in self.pool.endpoints.values()),
                       http_address=self.endpoints["http"])
 
@@ -138,12 +139,15 @@ class EdgeMaster(Master):
         for state in self.registry.members("device"):
             m = state.member
             endpoint = self.pool.endpoints.get(m.id)
+            cooling = bool(endpoint and endpoint.cooldown_until > time.monotonic())
             devices.append({
                 "id": m.id, "address": m.address, "http": m.http_address, "models": sorted(m.models),
                 "capacity": m.capacity,
                 "load": {"in_flight": state.load.in_flight, "queue_depth": state.load.queue_depth},
                 "outstanding": endpoint.outstanding if endpoint else 0,
-                "cooling_down": bool(endpoint and endpoint.cooldown_until > time.monotonic()),
+                "cooling_down": cooling,
+                # Registered, heartbeating, and not passed over after a failure: what routing uses.
+                "healthy": endpoint is not None and not cooling,
             })
         return {"tier": "edge", **self.endpoints, "ready": self.readiness()[0],
                 "registered": self.membership.registered.is_set() if self.membership else None,

@@ -128,6 +128,17 @@ def test_a_cascade_sends_only_hard_inputs_to_the_cloud(hierarchy: Hierarchy, dig
     assert np.mean(right) >= large_accuracy - 0.005
 
 
+def test_the_cloud_masters_entry_point_serves_the_cascade_in_a_region(hierarchy: Hierarchy,
+                                                                      digits_models: Path) -> None:
+    x = digits.load_split(digits_models).x_test[:1]
+    with SyncClient(hierarchy.cloud.grpc, timeout_s=TIMEOUT_S) as client:
+        wait_for(lambda: "digits" in get_json(f"{hierarchy.cloud.http}/v1/status")["models"],
+                 what="the edges to report the catalog's names")
+        result = client.infer("digits", {"input": x}, parameters={"fogline.region": "a"})
+    assert result.model == "digits" and result.route.startswith("cascade-")
+    assert result.parameters["fogline.region"] == "a"
+
+
 def test_when_every_device_is_full_requests_overflow_to_the_cloud(hierarchy: Hierarchy) -> None:
     """edge-a counts a device full at 2 outstanding requests: 16 concurrent cnn requests overflow."""
     inputs = make_inputs("cnn", 16, seed=4)
@@ -156,7 +167,7 @@ def test_the_topology_shows_every_process_with_its_health(hierarchy: Hierarchy) 
     for region, devices in (("a", {"dev-a1", "dev-a2"}), ("b", {"dev-b1"})):
         (edge,) = topology["regions"][region]["edges"]
         assert edge["id"] == f"edge-{region}" and edge["healthy"] is True
-        assert {d["id"] for d in edge["devices"]} == devices
+        assert {(d["id"], d["healthy"]) for d in edge["devices"]} == {(d, True) for d in devices}
     assert [(w["id"], w["healthy"]) for w in topology["workers"]] == [("worker-0", True)]
     status = get_json(f"{hierarchy.cloud.http}/v1/status")
     assert [e["name"] for e in status["catalog"]] == ["digits"]

@@ -11,7 +11,8 @@ from fogline.runtime import onnx as onnx_runtime
 
 
 @pytest.mark.parametrize("module", ["device_node.node", "edge_master.master", "fogline.cli", "fogline.client",
-                                    "fogline.model_server", "cloud_master"])
+                                    "fogline.model_server", "cloud_master", "fogline.edge_router",
+                                    "fogline.calibrate", "fogline.topology"])
 def test_edge_tiers_and_the_sdk_never_import_torch(module: str) -> None:
     code = (f"import sys, {module}, fogline.stack, fogline.grpc.forward, fogline.runtime.onnx; "
             "sys.exit('torch' in sys.modules)")
