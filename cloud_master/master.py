@@ -21,6 +21,7 @@ from fogline.grpc.upstream import GrpcUpstream, StreamUpstream
 from fogline.http.peers import fetch_statuses
 from fogline.master import Master
 from fogline.registry import MemberState
+from fogline.resilience import BreakerSettings
 from fogline.topology import TopologyPublisher
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ class CloudSettings:
     """Retries and deadlines of requests forwarded to edge masters."""
     drain_grace_s: float = 10.0
     """On SIGTERM, how long in-flight requests may take to finish."""
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    """When the circuit of an edge master opens, for how long, and how it closes."""
     catalog: Path | None = None
     """The model catalog (TOML, see ``fogline.catalog``); None: every model runs where it is held."""
     topology_refresh_s: float = 2.0
@@ -65,7 +68,7 @@ class CloudMaster(Master):
         super().__init__(tier="cloud", pooled_service="edge", member_ttl_s=settings.member_ttl_s,
                          heartbeat_interval_s=settings.heartbeat_interval_s,
                          max_message_bytes=settings.max_message_bytes, drain_grace_s=settings.drain_grace_s,
-                         connect=self._connect)
+                         connect=self._connect, breaker=settings.breaker)
         self.settings = settings
         self.routing: RegionalDispatch[bytes] = RegionalDispatch(
             self.pool, settings.dispatch, on_attempt=self._count_attempt)  # type: ignore[arg-type]
@@ -99,14 +102,15 @@ class CloudMaster(Master):
         return {"id": m.id, "region": m.region, "address": m.address, "http": m.http_address,
                 "models": sorted(m.models), "capacity": m.capacity,
                 "load": {"in_flight": state.load.in_flight, "queue_depth": state.load.queue_depth,
-                         "outstanding": endpoint.outstanding if endpoint else 0}}
+                         "outstanding": endpoint.outstanding if endpoint else 0},
+                "breaker": endpoint.breaker.snapshot() if endpoint else None}
 
     def status(self) -> dict[str, Any]:
         return {"tier": "cloud", **self.endpoints, "ready": self.readiness()[0],
                 "regions": sorted(self.routing.regions), "models": self.pool.models(),
                 "edges": [self._describe(s) for s in self.registry.members("edge")],
                 "workers": [self._describe(s) for s in self.registry.members("worker")],
-                "topology_version": self.publisher.version,
+                "topology_version": self.publisher.version, "dispatch": self.routing.any.snapshot(),
                 "catalog": [describe(e) for e in self.publisher.catalog.entries.values()]}
 
     async def topology(self) -> dict[str, Any]:

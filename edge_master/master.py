@@ -13,7 +13,6 @@ from typing import Any
 
 from fogline.dispatch import Dispatcher, DispatchSettings
 from fogline.edge_router import EdgeRouter, EdgeRoutingSettings, Routed
-from fogline.escalation import UplinkHealth, UplinkSettings
 from fogline.grpc.control import ControlServicer, GrpcControlClient
 from fogline.grpc.forward import EdgeBackend, V2Wire
 from fogline.grpc.server import DEFAULT_MAX_MESSAGE_BYTES
@@ -22,6 +21,7 @@ from fogline.master import Master
 from fogline.membership import MembershipLoop
 from fogline.metrics import GaugeSample
 from fogline.registry import Load, Member, MemberState
+from fogline.resilience import BreakerSettings, CircuitBreaker
 from fogline.routing import EndpointPool
 from fogline.topology import TopologyFollower, TopologySnapshot, worker_states
 
@@ -55,8 +55,8 @@ class EdgeSettings:
     cloud master is unreachable."""
     routing: EdgeRoutingSettings = field(default_factory=EdgeRoutingSettings)
     """Overflow threshold and how long a cascade waits for the cloud."""
-    uplink: UplinkSettings = field(default_factory=UplinkSettings)
-    """How long a failed uplink to the GPU workers is left alone before a probe request."""
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    """When the circuit of a device node or GPU worker opens, for how long, and how it closes."""
 
 
 class EdgeMaster(Master):
@@ -64,17 +64,17 @@ class EdgeMaster(Master):
         super().__init__(tier="edge", pooled_service="device", member_ttl_s=settings.member_ttl_s,
                          heartbeat_interval_s=settings.heartbeat_interval_s,
                          max_message_bytes=settings.max_message_bytes, drain_grace_s=settings.drain_grace_s,
-                         connect=self._connect)
+                         connect=self._connect, breaker=settings.breaker)
         self.settings = settings
         self.dispatcher: Dispatcher[bytes] = Dispatcher(
             self.pool, f"region {settings.region!r}", settings.dispatch,  # type: ignore[arg-type]
             on_attempt=self._count_attempt)
-        self.workers: EndpointPool[GrpcUpstream] = EndpointPool(self._connect, self._disconnect)
+        self.workers: EndpointPool[GrpcUpstream] = EndpointPool(
+            self._connect, self._disconnect, make_breaker=lambda: CircuitBreaker(settings.breaker))
         self._pools.append(self.workers)
         cloud: Dispatcher[bytes] = Dispatcher(self.workers, "the cloud tier", settings.dispatch,  # type: ignore[arg-type]
                                               on_attempt=self._count_attempt)
-        self.router = EdgeRouter(self.dispatcher, cloud, V2Wire(), settings=settings.routing,
-                                 uplink=UplinkHealth(settings.uplink))
+        self.router = EdgeRouter(self.dispatcher, cloud, V2Wire(), settings=settings.routing)
         self.membership: MembershipLoop | None = None
         self.topology: TopologyFollower | None = None
         self.metrics.add_gauges(self._gauges)
@@ -93,7 +93,7 @@ class EdgeMaster(Master):
 
     def _gauges(self) -> list[GaugeSample]:
         samples: list[GaugeSample] = [
-            ("fogline_uplink_up", "1 while the uplink to the GPU workers is up", {}, float(self.router.uplink.up)),
+            ("fogline_uplink_up", "1 while some GPU worker's circuit takes calls", {}, float(self.router.uplink_up)),
             ("fogline_cloud_workers", "GPU workers this edge may escalate to", {}, float(len(self.workers.endpoints)))]
         if self.topology is not None:
             samples.append(("fogline_topology_connected", "1 while following the cloud master's topology", {},
@@ -139,27 +139,28 @@ class EdgeMaster(Master):
         for state in self.registry.members("device"):
             m = state.member
             endpoint = self.pool.endpoints.get(m.id)
-            cooling = bool(endpoint and endpoint.cooldown_until > time.monotonic())
             devices.append({
                 "id": m.id, "address": m.address, "http": m.http_address, "models": sorted(m.models),
                 "capacity": m.capacity,
                 "load": {"in_flight": state.load.in_flight, "queue_depth": state.load.queue_depth},
                 "outstanding": endpoint.outstanding if endpoint else 0,
-                "cooling_down": cooling,
-                # Registered, heartbeating, and not passed over after a failure: what routing uses.
-                "healthy": endpoint is not None and not cooling,
+                # Registered, heartbeating, and its circuit takes calls: what routing uses.
+                "healthy": endpoint is not None and endpoint.breaker.accepting,
+                "breaker": endpoint.breaker.snapshot() if endpoint else None,
             })
         return {"tier": "edge", **self.endpoints, "ready": self.readiness()[0],
                 "registered": self.membership.registered.is_set() if self.membership else None,
-                "models": self.router.models(), "devices": devices, "cloud": self._cloud_status()}
+                "models": self.router.models(), "devices": devices, "dispatch": self.dispatcher.snapshot(),
+                "cloud": self._cloud_status()}
 
     def _cloud_status(self) -> dict[str, Any]:
         workers = [{"id": e.id, "address": e.state.member.address, "models": sorted(e.state.member.models),
-                    "outstanding": e.outstanding,
+                    "outstanding": e.outstanding, "healthy": e.breaker.accepting, "breaker": e.breaker.snapshot(),
                     "load": {"in_flight": e.state.load.in_flight, "queue_depth": e.state.load.queue_depth}}
                    for e in self.workers.endpoints.values()]
         topology = self.topology.status() if self.topology else None
-        return {"master": self.settings.cloud, "topology": topology, "workers": workers, **self.router.status()}
+        return {"master": self.settings.cloud, "topology": topology, "workers": workers, **self.router.status(),
+                "dispatch": self.router.cloud.snapshot()}
 
     async def drain(self) -> None:
         if self.topology is not None:

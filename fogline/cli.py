@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--device-queue-limit", type=int, default=128,
                       help="requests outstanding at a device node beyond which it counts as full; when all "
                            "holding a model are, requests overflow to the cloud (default 128)")
+    edge.add_argument("--attempt-timeout-s", type=float, default=1.0,
+                      help="abandon one attempt at a device or worker after this long and retry elsewhere, "
+                           "when the caller's deadline leaves time (default 1.0)")
     edge.add_argument("--escalation-timeout-s", type=float, default=2.0,
                       help="the longest a cascade waits for the cloud before answering from the device, "
                            "flagged degraded (default 2.0)")
@@ -167,6 +170,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 def _edge(args: argparse.Namespace) -> int:
     from edge_master import EdgeMaster, EdgeSettings
+    from fogline.dispatch import DispatchSettings
     from fogline.edge_router import EdgeRoutingSettings
     from fogline.service import run
 
@@ -177,6 +181,7 @@ def _edge(args: argparse.Namespace) -> int:
         upstream_streams=args.upstream == "stream", cloud=args.cloud,
         routing=EdgeRoutingSettings(device_queue_limit=args.device_queue_limit,
                                     escalation_timeout_s=args.escalation_timeout_s),
+        dispatch=DispatchSettings(attempt_timeout_s=args.attempt_timeout_s),
     )
     if args.id:
         settings.edge_id = args.id

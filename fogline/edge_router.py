@@ -6,9 +6,11 @@ device, the large one in the cloud for the inputs the catalog's rule finds hard.
 :class:`fogline.escalation.EscalationPolicy`'s; this module carries them out over two dispatchers
 and says in every answer where it ran and why.
 
-The cloud is never waited on when it cannot answer: while the uplink is down a cascade returns the
-device answer at once (``degraded``) and a cloud-only model fails at once with UNAVAILABLE; a hard
-input waits for the cloud at most ``escalation_timeout_s``.
+The cloud is never waited on when it cannot answer: while the circuit of every GPU worker holding
+the model is open, a cascade returns the device answer at once (``degraded``) and a cloud-only
+model fails at once with UNAVAILABLE; a hard input waits for the cloud at most
+``escalation_timeout_s``. A half-open circuit lets a probe through on a request that really goes
+to the cloud: easy cascade inputs never spend it.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from fogline.catalog import Catalog
 from fogline.dispatch import Dispatcher
 from fogline.errors import (
     PEER_FAILURE_CODES,
-    ErrorCode,
     FoglineError,
     InternalError,
     InvalidInputError,
@@ -33,7 +34,7 @@ from fogline.errors import (
     OverloadedError,
     UnavailableError,
 )
-from fogline.escalation import CatalogEntry, DeviceState, EscalationPolicy, UplinkHealth, resolve_cascade
+from fogline.escalation import CatalogEntry, DeviceState, EscalationPolicy, resolve_cascade
 from fogline.types import (
     ROUTE_CASCADE_HARD,
     ROUTE_DEGRADED,
@@ -68,7 +69,7 @@ class EdgeRoutingSettings:
     cloud variant) or get RESOURCE_EXHAUSTED."""
     escalation_timeout_s: float = 2.0
     """The longest a cascade waits for the cloud's answer to a hard input before it returns the
-    device answer, degraded (and counts the uplink as failing)."""
+    device answer, degraded."""
 
     def __post_init__(self) -> None:
         if self.device_queue_limit < 1 or self.escalation_timeout_s <= 0:
@@ -94,14 +95,13 @@ class EdgeRouter(Generic[R]):
 
     def __init__(self, devices: Dispatcher[R], cloud: Dispatcher[R], wire: Wire[R], *,
                  catalog: Catalog | None = None, policy: EscalationPolicy | None = None,
-                 uplink: UplinkHealth | None = None, settings: EdgeRoutingSettings = EdgeRoutingSettings(),
+                 settings: EdgeRoutingSettings = EdgeRoutingSettings(),
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.devices = devices
         self.cloud = cloud
         self.wire = wire
         self.catalog = catalog or Catalog()
         self.policy = policy or EscalationPolicy()
-        self.uplink = uplink or UplinkHealth(clock=clock)
         self.settings = settings
         self._clock = clock
 
@@ -156,8 +156,7 @@ class EdgeRouter(Generic[R]):
         ours = self._clock() + self.settings.escalation_timeout_s
         try:
             cloud = await self._in_cloud(entry, request, ROUTE_CASCADE_HARD,
-                                         ours if deadline is None else min(deadline, ours),
-                                         timeout_is_ours=deadline is None or ours < deadline)
+                                         ours if deadline is None else min(deadline, ours))
         except FoglineError as err:
             if err.code not in PEER_FAILURE_CODES:
                 raise
@@ -165,45 +164,43 @@ class EdgeRouter(Generic[R]):
             return replace(answer, route=ROUTE_DEGRADED, degraded=True)
         return replace(cloud, attempts=cloud.attempts + answer.attempts)
 
-    async def _in_cloud(self, entry: CatalogEntry, request: bytes, route: str, deadline: float | None, *,
-                        timeout_is_ours: bool = False) -> Routed[R]:
+    async def _in_cloud(self, entry: CatalogEntry, request: bytes, route: str, deadline: float | None) -> Routed[R]:
         model = entry.model_on(TIER_CLOUD)
         try:
             done = await self.cloud.infer(model, self._retarget(request, entry, model), deadline=deadline)
-        except FoglineError as err:
-            # NOTE: a deadline the client chose says nothing about the uplink; one we chose does.
-            if err.code is ErrorCode.UNAVAILABLE or (err.code is ErrorCode.DEADLINE_EXCEEDED and timeout_is_ours):
-                self.uplink.record_failure()
-            if err.code is ErrorCode.UNAVAILABLE:
-                raise UnavailableError(f"the cloud tier is unreachable; model {entry.name!r} was to run there "
-                                       f"({route}): {err}") from None
-            raise
-        self.uplink.record_success()
+        except UnavailableError as err:
+            raise UnavailableError(f"the cloud tier is unreachable; model {entry.name!r} was to run there "
+                                   f"({route}): {err}") from None
         return Routed(done.response, model, TIER_CLOUD, done.endpoint, route, done.attempts)
 
     def _retarget(self, request: bytes, entry: CatalogEntry, model: str) -> bytes:
         return request if model == entry.name else self.wire.retarget(request, model)
 
     def _cloud_reachable(self, entry: CatalogEntry) -> Callable[[], bool]:
-        """Whether a request for ``entry`` may go to the cloud now. Asks the uplink last: while it is
-        down, a True is the one probe request of the period (EscalationPolicy calls it only then)."""
-        model = entry.cloud_model
-        return lambda: bool(model and self.cloud.pool.for_model(model)) and self.uplink.available()
+        """Whether a request for ``entry`` may go to the cloud now: a GPU worker holding its cloud model
+        has a circuit that takes calls (closed, or half-open with a probe slot free)."""
+        return lambda: self._cloud_may_help(entry)
 
     def _device_state(self, entry: CatalogEntry) -> DeviceState:
         if entry.device_model is None:
             return DeviceState(healthy=0)
         endpoints = self.devices.pool.for_model(entry.device_model)
-        now, limit = self._clock(), self.settings.device_queue_limit
-        usable = [e for e in endpoints if e.cooldown_until <= now]
+        limit = self.settings.device_queue_limit
+        usable = [e for e in endpoints if e.breaker.accepting]
         if not usable and not self._cloud_may_help(entry):
-            usable = endpoints  # every one recently failed and nothing else can serve: try them all, not none
+            usable = endpoints  # every circuit is open and nothing else can serve: the dispatcher's limits decide
         return DeviceState(healthy=len(usable), overloaded=sum(e.outstanding >= limit for e in usable))
 
     def _cloud_may_help(self, entry: CatalogEntry) -> bool:
-        return bool(entry.cloud_model and self.cloud.pool.for_model(entry.cloud_model) and self.uplink.up)
+        model = entry.cloud_model
+        return bool(model) and any(e.breaker.accepting for e in self.cloud.pool.for_model(model))  # type: ignore[arg-type]
+
+    @property
+    def uplink_up(self) -> bool:
+        """Some GPU worker's circuit takes calls."""
+        return any(e.breaker.accepting for e in self.cloud.pool.endpoints.values())
 
     def status(self) -> dict[str, object]:
-        return {"uplink": "up" if self.uplink.up else "down",
+        return {"uplink": "up" if self.uplink_up else "down",
                 "device_queue_limit": self.settings.device_queue_limit,
                 "escalation_timeout_s": self.settings.escalation_timeout_s}

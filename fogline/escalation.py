@@ -1,24 +1,22 @@
 """The edge master's escalation policy (DESIGN.md §2): where a request runs first, when a cascade's
-device answer is too uncertain to keep, how long a failed uplink is left alone, and how to pick a
-cascade's threshold on labelled validation data.
+device answer is too uncertain to keep, and how to pick a cascade's threshold on labelled
+validation data.
 
-Pure domain logic: no I/O, no protocol imports, time from an injected clock. Per request::
+Pure domain logic: no I/O, no protocol imports. Per request::
 
-    decision = policy.decide(entry, hint=tier, device_state=state, cloud_reachable=uplink.available)
+    decision = policy.decide(entry, hint=tier, device_state=state, cloud_reachable=reachable)
     # run decision.model on decision.tier, then, for a cascade:
     if decision.check_hardness:
-        escalate, route = resolve_cascade(entry, probs, cloud_reachable=uplink.available)
+        escalate, route = resolve_cascade(entry, probs, cloud_reachable=reachable)
 
-``cloud_reachable`` takes a bool or a callable. Pass ``uplink.available`` itself: it is called only
-where the answer changes the outcome, so a probe of a down uplink is spent only on a request that
-really goes to the cloud.
+``cloud_reachable`` takes a bool or a callable. A callable is called only where the answer changes
+the outcome (``fogline.edge_router`` passes one that asks the GPU workers' circuit breakers).
 """
 
 from __future__ import annotations
 
 import enum
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, NoReturn
@@ -354,71 +352,6 @@ def resolve_cascade(entry: CatalogEntry, device_probs: np.ndarray, cloud_reachab
     if _reachable(cloud_reachable):
         return CascadeVerdict(True, ROUTE_CASCADE_HARD)
     return CascadeVerdict(False, ROUTE_DEGRADED)
-
-
-# --- The uplink ------------------------------------------------------------------------------------
-
-@dataclass(frozen=True, kw_only=True)
-class UplinkSettings:
-    retry_after_s: float = 1.0
-    """How long the uplink counts as down after a failure before one probe request may try it."""
-    max_retry_after_s: float = 5.0
-    """Cap of the down time, which grows with each failed probe."""
-    backoff_factor: float = 2.0
-    """Growth of the down time per failed probe."""
-
-    def __post_init__(self) -> None:
-        if not 0 < self.retry_after_s <= self.max_retry_after_s or self.backoff_factor < 1:
-            raise ValueError(f"need 0 < retry_after_s <= max_retry_after_s and backoff_factor >= 1, got {self}")
-
-
-class UplinkHealth:
-    """Whether the cloud uplink is worth trying, so that a dead one is answered around at once.
-
-    Up until a failure; then down for ``retry_after_s``; then one probe request is let through per
-    down period; a failed probe grows the down time (capped), a success brings the uplink back up.
-    A stand-in for DESIGN.md §5's circuit breaker, with the same three calls so one can replace it.
-    """
-
-    def __init__(self, settings: UplinkSettings = UplinkSettings(), *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.settings = settings
-        self._clock = clock
-        self._down_s: float | None = None  # None while up
-        self._retry_at = 0.0
-        self._probing = False  # a probe went out since the last failure
-
-    @property
-    def up(self) -> bool:
-        """No failure since the last success (for status; routing calls :meth:`available`)."""
-        return self._down_s is None
-
-    def available(self) -> bool:
-        """True if a request may go to the cloud now. While down, a True lets the caller's request
-        through as the probe: call it only for a request that will be sent, and report the outcome."""
-        if self._down_s is None:
-            return True
-        now = self._clock()
-        if now < self._retry_at:
-            return False
-        self._probing = True
-        self._retry_at = now + self._down_s  # a probe that never reports back blocks one period only
-        return True
-
-    def record_success(self) -> None:
-        self._down_s = None
-        self._probing = False
-
-    def record_failure(self) -> None:
-        settings = self.settings
-        if self._down_s is None:
-            self._down_s = settings.retry_after_s
-        elif self._probing:
-            self._down_s = min(self._down_s * settings.backoff_factor, settings.max_retry_after_s)
-        else:
-            return  # NOTE: requests sent before the uplink went down fail together: one outage, one count
-        self._probing = False
-        self._retry_at = self._clock() + self._down_s
 
 
 # --- Calibration on labelled validation data -------------------------------------------------------

@@ -19,7 +19,10 @@ from fogline.grpc.v2 import V2Backend, v2_handler
 from fogline.http import start_http
 from fogline.metrics import Metrics
 from fogline.registry import EmbeddedRegistry, MemberState
+from fogline.resilience import BreakerSettings, BreakerState, CircuitBreaker
 from fogline.routing import EndpointPool
+
+_STATE_VALUE = {BreakerState.CLOSED: 0.0, BreakerState.HALF_OPEN: 1.0, BreakerState.OPEN: 2.0}
 
 
 class Master:
@@ -28,12 +31,15 @@ class Master:
 
     def __init__(self, *, tier: str, pooled_service: str, member_ttl_s: float, heartbeat_interval_s: float,
                  max_message_bytes: int, drain_grace_s: float,
-                 connect: Callable[[MemberState], GrpcUpstream]) -> None:
+                 connect: Callable[[MemberState], GrpcUpstream], breaker: BreakerSettings) -> None:
         self.metrics = Metrics(tier)
         self.registry = EmbeddedRegistry(ttl_s=member_ttl_s, heartbeat_interval_s=heartbeat_interval_s)
-        self.pool: EndpointPool[GrpcUpstream] = EndpointPool(connect, self._disconnect)
+        self.pool: EndpointPool[GrpcUpstream] = EndpointPool(connect, self._disconnect,
+                                                             make_breaker=lambda: CircuitBreaker(breaker))
         self.registry.watch(lambda: self.pool.sync(self.registry.members(pooled_service)))
         self._pools: list[EndpointPool[GrpcUpstream]] = [self.pool]  # closed on drain
+        self.metrics.add_counters(self._breaker_counters)
+        self.metrics.add_gauges(self._breaker_states)
         self.endpoints: dict[str, Any] = {}
         self._member_ttl_s = member_ttl_s
         self._max_message_bytes = max_message_bytes
@@ -46,6 +52,23 @@ class Master:
         task = asyncio.ensure_future(upstream.close(self._drain_grace_s))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+
+    def _breaker_counters(self) -> list[tuple[str, str, dict[str, str], float]]:
+        """Breaker trips and rejections per upstream endpoint, and its state (0 closed, 1 half-open, 2 open)."""
+        samples = []
+        for pool in self._pools:
+            for endpoint in pool.endpoints.values():
+                breaker, labels = endpoint.breaker, {"endpoint": endpoint.id}
+                samples += [("fogline_breaker_trips", "Times the endpoint's circuit opened", labels,
+                             float(breaker.trips)),
+                            ("fogline_breaker_rejections", "Calls the endpoint's open circuit refused", labels,
+                             float(breaker.rejections))]
+        return samples
+
+    def _breaker_states(self) -> list[tuple[str, str, dict[str, str], float]]:
+        return [("fogline_breaker_state", "Circuit of the upstream endpoint: 0 closed, 1 half-open, 2 open",
+                 {"endpoint": e.id}, _STATE_VALUE[e.breaker.state])
+                for pool in self._pools for e in pool.endpoints.values()]
 
     def _count_attempt(self, endpoint: str, code: str) -> None:
         self.metrics.upstream.labels(endpoint, code).inc()

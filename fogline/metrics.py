@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
@@ -60,18 +60,24 @@ class Metrics:
 
     def add_gauges(self, read: Callable[[], Iterable[GaugeSample]]) -> None:
         """Register gauges whose values ``read`` returns as (name, help, labels, value) at scrape time."""
-        self.registry.register(_GaugeCollector(read))
+        self.registry.register(_ReadCollector(read, GaugeMetricFamily))
+
+    def add_counters(self, read: Callable[[], Iterable[GaugeSample]]) -> None:
+        """Register counters (monotonic totals kept elsewhere, e.g. by breakers) read at scrape time."""
+        self.registry.register(_ReadCollector(read, CounterMetricFamily))
 
 
-class _GaugeCollector(Collector):
-    def __init__(self, read: Callable[[], Iterable[GaugeSample]]) -> None:
+class _ReadCollector(Collector):
+    def __init__(self, read: Callable[[], Iterable[GaugeSample]],
+                 family: type[GaugeMetricFamily] | type[CounterMetricFamily]) -> None:
         self._read = read
+        self._family = family
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        families: dict[str, GaugeMetricFamily] = {}
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+        families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
         for name, help_text, labels, value in self._read():
             family = families.get(name)
             if family is None:
-                family = families[name] = GaugeMetricFamily(name, help_text, labels=list(labels))
+                family = families[name] = self._family(name, help_text, labels=list(labels))
             family.add_metric(list(labels.values()), value)
         return list(families.values())

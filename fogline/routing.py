@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 from fogline.registry import MemberState
+from fogline.resilience import CircuitBreaker
 
 U = TypeVar("U")
 
@@ -17,13 +18,13 @@ U = TypeVar("U")
 class Endpoint(Generic[U]):
     """One upstream as the router sees it: identity, the client to reach it, and its load."""
 
-    __slots__ = ("cooldown_until", "outstanding", "state", "upstream")
+    __slots__ = ("breaker", "outstanding", "state", "upstream")
 
-    def __init__(self, state: MemberState, upstream: U) -> None:
+    def __init__(self, state: MemberState, upstream: U, breaker: CircuitBreaker | None = None) -> None:
         self.state = state  # shared with the registry: heartbeats update its load in place
         self.upstream = upstream
         self.outstanding = 0  # requests this process has sent and not yet had back
-        self.cooldown_until = 0.0  # skip until then after a transport failure
+        self.breaker = breaker or CircuitBreaker()
 
     @property
     def id(self) -> str:
@@ -78,9 +79,11 @@ class HashRing:
 class EndpointPool(Generic[U]):
     """The endpoints of one service, indexed by model, kept in step with registry membership."""
 
-    def __init__(self, make_upstream: Callable[[MemberState], U], close_upstream: Callable[[U], None]) -> None:
+    def __init__(self, make_upstream: Callable[[MemberState], U], close_upstream: Callable[[U], None], *,
+                 make_breaker: Callable[[], CircuitBreaker] = CircuitBreaker) -> None:
         self._make = make_upstream
         self._close = close_upstream
+        self._make_breaker = make_breaker
         self.endpoints: dict[str, Endpoint[U]] = {}
         self._by_model: dict[str, list[Endpoint[U]]] = {}
         self._rings: dict[str, HashRing] = {}
@@ -96,7 +99,7 @@ class EndpointPool(Generic[U]):
         for mid, state in current.items():
             endpoint = self.endpoints.get(mid)
             if endpoint is None:
-                self.endpoints[mid] = Endpoint(state, self._make(state))
+                self.endpoints[mid] = Endpoint(state, self._make(state), self._make_breaker())
             else:
                 endpoint.state = state
         by_model: dict[str, list[Endpoint[U]]] = {}
@@ -111,7 +114,7 @@ class EndpointPool(Generic[U]):
 
     def view(self, keep: Callable[[Endpoint[U]], bool]) -> EndpointPool[U]:
         """The endpoints ``keep`` accepts, as a pool of their own that shares them with this one (so
-        outstanding counts and cooldowns are one). A snapshot: take a new view after each :meth:`sync`;
+        outstanding counts and breakers are one). A snapshot: take a new view after each :meth:`sync`;
         it owns no upstream and never closes one."""
         view: EndpointPool[U] = EndpointPool(self._make, lambda upstream: None)
         view.endpoints = {mid: e for mid, e in self.endpoints.items() if keep(e)}

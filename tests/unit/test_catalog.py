@@ -55,7 +55,7 @@ def test_a_bad_catalog_names_the_file_the_entry_and_the_fix(tmp_path: Path, text
 
 def test_a_catalog_that_is_not_toml_says_so(tmp_path: Path) -> None:
     (tmp_path / "c.toml").write_text("[models.x")
-    with pytest.raises(CatalogError, match="c.toml"):
+    with pytest.raises(CatalogError, match=r"c\.toml"):
         load_catalog(tmp_path / "c.toml")
 
 

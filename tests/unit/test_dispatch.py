@@ -1,4 +1,5 @@
-"""Dispatcher: retries elsewhere on UNAVAILABLE / RESOURCE_EXHAUSTED, within the deadline, never on bad input."""
+"""Dispatcher: retries elsewhere on UNAVAILABLE / RESOURCE_EXHAUSTED / an attempt timeout, within the
+deadline and the retry budget, never on bad input; every outcome reaches the endpoint's breaker."""
 
 from __future__ import annotations
 
@@ -17,7 +18,11 @@ from fogline.errors import (
     UnavailableError,
 )
 from fogline.registry import Load, Member, MemberState
+from fogline.resilience import BreakerSettings, BreakerState, CircuitBreaker, Outcome, RetryBudgetSettings
 from fogline.routing import EndpointPool
+
+# One failure opens a circuit: crisp outcomes (the breaker's own rules are tested in test_resilience).
+BREAKER = BreakerSettings(consecutive_failures=1, open_jitter=0.0)
 
 
 class Clock:
@@ -49,12 +54,14 @@ class FakeUpstream:
 
 
 def make(upstreams: dict[str, FakeUpstream], models: tuple[str, ...] = ("m",), clock: Clock | None = None,
-         **settings: float) -> Dispatcher[bytes]:
-    pool: EndpointPool[FakeUpstream] = EndpointPool(lambda s: upstreams[s.member.id], lambda u: None)
+         **settings: object) -> Dispatcher[bytes]:
+    clock = clock or Clock()
+    pool: EndpointPool[FakeUpstream] = EndpointPool(lambda s: upstreams[s.member.id], lambda u: None,
+                                                    make_breaker=lambda: CircuitBreaker(BREAKER, clock=clock))
     pool.sync([MemberState(Member(id=n, service="device", address=f"{n}:1", models=frozenset(models)),
                            Load(), 0.0, 0.0) for n in upstreams])
-    return Dispatcher(pool, "region 'r'", DispatchSettings(**settings), rng=random.Random(3),  # type: ignore[arg-type]
-                      clock=clock or Clock())
+    return Dispatcher(pool, "region 'r'", DispatchSettings(**{"attempt_timeout_s": None, **settings}),  # type: ignore[arg-type]
+                      rng=random.Random(3), clock=clock)
 
 
 async def test_a_request_that_fails_with_unavailable_is_retried_on_another_endpoint() -> None:
@@ -64,15 +71,49 @@ async def test_a_request_that_fails_with_unavailable_is_retried_on_another_endpo
     results = [await dispatcher.infer("m", b"x") for _ in range(20)]
     assert {r.response for r in results} == {b"b:x"}
     assert any(r.attempts == 2 for r in results)
-    assert len(down.calls) == 1  # after its failure a cools down and is passed over
+    assert len(down.calls) == 1  # after its failure a's circuit opens and it is passed over
+    assert dispatcher.pool.endpoints["a"].breaker.state is BreakerState.OPEN
 
 
-async def test_an_overloaded_endpoint_is_retried_elsewhere_without_cooling_down() -> None:
+async def test_an_overloaded_endpoint_is_retried_elsewhere_and_its_circuit_sheds_it() -> None:
     busy = FakeUpstream("a", OverloadedError("queue full"))
     dispatcher = make({"a": busy, "b": FakeUpstream("b")})
     for _ in range(10):
         assert (await dispatcher.infer("m", b"x")).endpoint == "b"
-    assert dispatcher.pool.endpoints["a"].cooldown_until == 0.0
+    assert len(busy.calls) == 1 and dispatcher.pool.endpoints["a"].breaker.state is BreakerState.OPEN
+
+
+async def test_a_hung_endpoint_is_abandoned_after_the_attempt_timeout_and_retried_elsewhere() -> None:
+    clock = Clock()
+    hung = FakeUpstream("a", DeadlineExceededError("no answer"), clock=clock, takes_s=0.2)
+    up = FakeUpstream("b", clock=clock)
+    dispatcher = make({"a": hung, "b": up}, clock=clock, attempt_timeout_s=0.2)
+    dispatcher.pool.endpoints["b"].outstanding = 5  # a first
+    done = await dispatcher.infer("m", b"x", deadline=clock.now + 1.0)
+    assert (done.endpoint, done.attempts) == ("b", 2)
+    assert hung.calls == [pytest.approx(0.2)] and up.calls == [pytest.approx(0.2)]
+    assert dispatcher.pool.endpoints["a"].breaker.state is BreakerState.OPEN
+
+
+async def test_the_callers_own_deadline_is_final_and_says_nothing_about_the_peer() -> None:
+    clock = Clock()
+    slow = FakeUpstream("a", DeadlineExceededError("no answer"), clock=clock, takes_s=0.5)
+    dispatcher = make({"a": slow, "b": FakeUpstream("b")}, clock=clock, attempt_timeout_s=1.0)
+    dispatcher.pool.endpoints["b"].outstanding = 5
+    with pytest.raises(DeadlineExceededError, match="deadline passed waiting for a"):
+        await dispatcher.infer("m", b"x", deadline=clock.now + 0.5)
+    assert slow.calls == [pytest.approx(0.5)]
+    assert dispatcher.pool.endpoints["a"].breaker.snapshot()["consecutive_failures"] == 0
+
+
+async def test_no_retry_once_the_budget_is_spent() -> None:
+    down = FakeUpstream("a", UnavailableError("a: refused"))
+    dispatcher = make({"a": down, "b": FakeUpstream("b")},
+                      retry_budget=RetryBudgetSettings(retry_ratio=0.0, min_retries_per_s=0.0))
+    dispatcher.pool.endpoints["b"].outstanding = 5
+    with pytest.raises(UnavailableError, match="the retry budget is spent; last: a: refused"):
+        await dispatcher.infer("m", b"x")
+    assert dispatcher.budget.snapshot()["rejected_total"] == 1
 
 
 @pytest.mark.parametrize("error", [InvalidInputError("bad shape"), ModelNotFoundError("no such version")])
@@ -125,11 +166,14 @@ async def test_a_caller_without_deadline_gets_the_default_timeout() -> None:
     assert up.calls == [pytest.approx(7.0)]
 
 
-async def test_when_every_endpoint_is_cooling_down_they_are_tried_anyway() -> None:
+async def test_when_every_circuit_is_open_the_pool_panics_and_tries_them_anyway() -> None:
     clock = Clock()
-    a = FakeUpstream("a")
-    dispatcher = make({"a": a}, clock=clock)
-    dispatcher.pool.endpoints["a"].cooldown_until = clock.now + 10
+    dispatcher = make({"a": FakeUpstream("a")}, clock=clock)
+    breaker = dispatcher.pool.endpoints["a"].breaker
+    permit = breaker.allow()
+    assert permit is not None
+    breaker.record(permit, Outcome.FAILURE, 0.01)
+    assert breaker.state is BreakerState.OPEN
     assert (await dispatcher.infer("m", b"x")).response == b"a:x"
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fogline.catalog import Catalog
-from fogline.dispatch import Dispatcher
+from fogline.dispatch import Dispatcher, DispatchSettings
 from fogline.edge_router import EdgeRouter, EdgeRoutingSettings
 from fogline.errors import (
     DeadlineExceededError,
@@ -22,8 +22,9 @@ from fogline.errors import (
     OverloadedError,
     UnavailableError,
 )
-from fogline.escalation import CatalogEntry, HardnessRule, Placement, UplinkHealth, UplinkSettings
+from fogline.escalation import CatalogEntry, HardnessRule, Placement
 from fogline.registry import Load, Member, MemberState
+from fogline.resilience import BreakerSettings, CircuitBreaker
 from fogline.routing import EndpointPool
 
 EASY, HARD = b"easy", b"hard"
@@ -73,8 +74,13 @@ class Wire:
         return np.array(PROBS[response[2]])
 
 
-def pool(upstreams: dict[str, Upstream], models: frozenset[str], service: str) -> EndpointPool[Upstream]:
-    p: EndpointPool[Upstream] = EndpointPool(lambda s: upstreams[s.member.id], lambda u: None)
+# One failure opens a circuit for exactly 1 s: crisp outcomes on the fake clock.
+BREAKER = BreakerSettings(consecutive_failures=1, base_open_s=1.0, open_jitter=0.0)
+
+
+def pool(upstreams: dict[str, Upstream], models: frozenset[str], service: str, clock: Clock) -> EndpointPool[Upstream]:
+    p: EndpointPool[Upstream] = EndpointPool(lambda s: upstreams[s.member.id], lambda u: None,
+                                             make_breaker=lambda: CircuitBreaker(BREAKER, clock=clock))
     p.sync([MemberState(Member(id=n, service=service, address=f"{n}:1", models=models), Load(), 0.0, 0.0)
             for n in upstreams])
     return p
@@ -83,18 +89,18 @@ def pool(upstreams: dict[str, Upstream], models: frozenset[str], service: str) -
 class Edge:
     def __init__(self, *, device_models: tuple[str, ...] = ("small", "mlp", "cnn"),
                  cloud_models: tuple[str, ...] = ("large", "mlp"), devices: int = 2, workers: int = 1,
-                 **settings: float) -> None:
+                 attempt_timeout_s: float = 1.0, **settings: float) -> None:
         self.clock = Clock()
         self.devices = {f"d{i}": Upstream(f"d{i}") for i in range(devices)}
         self.workers = {f"w{i}": Upstream(f"w{i}") for i in range(workers)}
         rng = random.Random(1)
+        dispatch = DispatchSettings(attempt_timeout_s=attempt_timeout_s)
         self.router: EdgeRouter[tuple[str, str, bytes]] = EdgeRouter(
-            Dispatcher(pool(self.devices, frozenset(device_models), "device"), "region 'r'", rng=rng,  # type: ignore[arg-type]
-                       clock=self.clock),
-            Dispatcher(pool(self.workers, frozenset(cloud_models), "worker"), "the cloud tier", rng=rng,  # type: ignore[arg-type]
-                       clock=self.clock),
+            Dispatcher(pool(self.devices, frozenset(device_models), "device", self.clock), "region 'r'",  # type: ignore[arg-type]
+                       dispatch, rng=rng, clock=self.clock),
+            Dispatcher(pool(self.workers, frozenset(cloud_models), "worker", self.clock), "the cloud tier",  # type: ignore[arg-type]
+                       dispatch, rng=rng, clock=self.clock),
             Wire(), catalog=Catalog([DIGITS, CLOUD_ONLY]), clock=self.clock,
-            uplink=UplinkHealth(UplinkSettings(retry_after_s=1.0), clock=self.clock),
             settings=EdgeRoutingSettings(**settings))  # type: ignore[arg-type]
 
     async def infer(self, model: str, data: bytes = EASY, **kwargs: object):  # type: ignore[no-untyped-def]
@@ -161,17 +167,20 @@ async def test_devices_that_fail_send_requests_to_the_cloud_as_failover() -> Non
     edge = Edge()
     edge.fail_devices(UnavailableError("down"))
     assert (await edge.infer("mlp")).route == "failover"
-    # Both devices now cool down: the next request goes straight to the cloud.
+    # Both devices' circuits are now open: the next request goes straight to the cloud.
     before = sum(len(d.requests) for d in edge.devices.values())
     assert (await edge.infer("mlp")).route == "failover"
     assert sum(len(d.requests) for d in edge.devices.values()) == before
 
 
-async def test_a_device_only_model_tries_cooling_devices_rather_than_none() -> None:
+async def test_a_device_only_model_tries_devices_with_open_circuits_rather_than_none() -> None:
     edge = Edge()
-    for endpoint in edge.router.devices.pool.endpoints.values():
-        endpoint.cooldown_until = edge.clock.now + 10
-    assert (await edge.infer("cnn")).tier == "device"
+    edge.fail_devices(UnavailableError("down"))
+    with pytest.raises(UnavailableError):
+        await edge.infer("cnn")
+    assert not any(e.breaker.accepting for e in edge.router.devices.pool.endpoints.values())
+    edge.fail_devices(None)  # type: ignore[arg-type]
+    assert (await edge.infer("cnn")).tier == "device"  # the pool is in panic: every device is routable
 
 
 async def test_a_cascade_keeps_easy_answers_and_escalates_hard_ones() -> None:
@@ -190,40 +199,51 @@ async def test_a_dead_uplink_degrades_cascades_and_fails_cloud_models_at_once() 
     routed = await edge.infer("digits", HARD)
     assert (routed.tier, routed.route, routed.degraded) == ("device", "degraded", True)
     assert routed.response == (routed.node, "small", HARD)  # the device's own answer
-    assert not edge.router.uplink.up
+    assert not edge.router.uplink_up
     calls = edge.cloud_calls()
     assert (await edge.infer("digits", HARD)).degraded  # answered without trying the cloud again
     with pytest.raises(UnavailableError, match="cloud tier is unreachable"):
         await edge.infer("big")
     assert edge.cloud_calls() == calls
-    # After the down period one request probes the uplink; it works again, so escalation resumes.
+    # After the open period a request probes the worker; it works again, so escalation resumes.
     edge.workers["w0"].error = None
     edge.clock.now += 1.0
     assert (await edge.infer("digits", HARD)).route == "cascade-hard"
-    assert edge.router.uplink.up
+    assert edge.router.uplink_up
 
 
-async def test_easy_inputs_do_not_spend_the_probe_of_a_down_uplink() -> None:
+async def test_easy_inputs_do_not_spend_the_probes_of_a_half_open_worker() -> None:
     edge = Edge()
-    edge.router.uplink.record_failure()
+    edge.workers["w0"].error = UnavailableError("down")
+    assert (await edge.infer("digits", HARD)).degraded
+    edge.workers["w0"].error = None
     edge.clock.now += 1.0
-    assert (await edge.infer("digits", EASY)).route == "cascade-easy"
-    assert (await edge.infer("digits", HARD)).route == "cascade-hard"  # the probe is still there
+    for _ in range(5):
+        assert (await edge.infer("digits", EASY)).route == "cascade-easy"
+    assert (await edge.infer("digits", HARD)).route == "cascade-hard"  # a probe slot was still there
 
 
-async def test_a_hung_worker_degrades_a_cascade_after_the_escalation_timeout() -> None:
-    edge = Edge(escalation_timeout_s=0.05)
+async def test_a_hung_worker_degrades_a_cascade_and_its_circuit_opens() -> None:
+    edge = Edge(attempt_timeout_s=0.02, escalation_timeout_s=0.5)
     edge.workers["w0"].hang = True
     routed = await asyncio.wait_for(edge.infer("digits", HARD), 2.0)
-    assert routed.route == "degraded" and not edge.router.uplink.up
+    assert routed.route == "degraded" and not edge.router.uplink_up
 
 
-async def test_a_clients_short_deadline_does_not_mark_the_uplink_down() -> None:
+async def test_the_escalation_timeout_bounds_the_wait_for_the_cloud() -> None:
+    edge = Edge(escalation_timeout_s=0.02)
+    edge.workers["w0"].hang = True
+    routed = await asyncio.wait_for(edge.infer("digits", HARD), 2.0)
+    assert routed.route == "degraded"
+    assert edge.router.uplink_up  # our own short wait says nothing about the worker
+
+
+async def test_a_clients_short_deadline_does_not_open_the_workers_circuit() -> None:
     edge = Edge()
     edge.workers["w0"].error = DeadlineExceededError("the caller's deadline passed")
     with pytest.raises(DeadlineExceededError):
         await edge.infer("big", deadline=edge.clock.now + 0.01)
-    assert edge.router.uplink.up
+    assert edge.router.uplink_up
 
 
 async def test_bad_input_from_the_cloud_is_the_clients_error_not_a_degraded_answer() -> None:
@@ -231,7 +251,7 @@ async def test_bad_input_from_the_cloud_is_the_clients_error_not_a_degraded_answ
     edge.workers["w0"].error = InvalidInputError("wrong shape")
     with pytest.raises(InvalidInputError):
         await edge.infer("digits", HARD)
-    assert edge.router.uplink.up
+    assert edge.router.uplink_up
 
 
 async def test_a_cascade_whose_device_model_gives_no_probabilities_is_an_internal_error() -> None:

@@ -20,8 +20,6 @@ from fogline.escalation import (
     HardnessRule,
     Placement,
     PolicySettings,
-    UplinkHealth,
-    UplinkSettings,
     evaluate,
     lowest_rate_within,
     resolve_cascade,
@@ -175,18 +173,16 @@ def test_reachability_is_asked_only_when_the_cloud_would_take_the_request(entry:
     assert reachable.asked == asked
 
 
-def test_a_device_path_decision_does_not_spend_the_probe_of_a_down_uplink() -> None:
-    clock = Clock()
-    uplink = UplinkHealth(clock=clock)
-    uplink.record_failure()
-    clock.now += 1.0
+def test_a_device_path_decision_does_not_ask_about_the_cloud_until_an_answer_is_hard() -> None:
     policy = EscalationPolicy()
+    reachable = Reachability(False)
     for _ in range(5):
-        policy.decide(DIGITS, hint="auto", device_state=OK, cloud_reachable=uplink.available)
-    easy_then_hard = [resolve_cascade(DIGITS, np.array([[0.95, 0.05]]), uplink.available),
-                      resolve_cascade(DIGITS, np.array([[0.6, 0.4]]), uplink.available),
-                      resolve_cascade(DIGITS, np.array([[0.6, 0.4]]), uplink.available)]
-    assert easy_then_hard == [(False, ROUTE_CASCADE_EASY), (True, ROUTE_CASCADE_HARD), (False, ROUTE_DEGRADED)]
+        policy.decide(DIGITS, hint="auto", device_state=OK, cloud_reachable=reachable)
+    assert reachable.asked == 0
+    easy_then_hard = [resolve_cascade(DIGITS, np.array([[0.95, 0.05]]), reachable),
+                      resolve_cascade(DIGITS, np.array([[0.6, 0.4]]), reachable)]
+    assert easy_then_hard == [(False, ROUTE_CASCADE_EASY), (False, ROUTE_DEGRADED)]
+    assert reachable.asked == 1
 
 
 def test_a_device_that_fails_is_answered_by_deciding_again_with_no_healthy_device() -> None:
@@ -385,99 +381,6 @@ def test_unknown_criterion_is_refused() -> None:
         scores(np.array([[0.5, 0.5]]), "confidence")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="got 'top1'"):
         HardnessRule.for_criterion("top1", 0.5)  # type: ignore[arg-type]
-
-
-# --- UplinkHealth ----------------------------------------------------------------------------------
-
-def down_times(uplink: UplinkHealth, clock: Clock, probes: int) -> list[float]:
-    """Fail ``probes`` probes in a row; the down time before each one, to 1/64 s, rounded to 0.1 s."""
-    times = []
-    for _ in range(probes):
-        start = clock.now
-        while not uplink.available():
-            clock.now += 1 / 64  # exact in binary: no drift
-        times.append(round(clock.now - start, 1))
-        uplink.record_failure()
-    return times
-
-
-def test_the_uplink_is_up_until_a_failure() -> None:
-    uplink = UplinkHealth(clock=Clock())
-    assert all(uplink.available() for _ in range(3))
-    uplink.record_success()
-    assert uplink.available()
-
-
-def test_after_a_failure_the_uplink_is_down_then_admits_one_probe() -> None:
-    clock = Clock()
-    uplink = UplinkHealth(clock=clock)
-    uplink.record_failure()
-    assert not uplink.available()
-    clock.now += 0.99
-    assert not uplink.available()
-    clock.now += 0.01
-    assert uplink.available()  # the probe
-    assert not uplink.available()  # only one
-    uplink.record_success()
-    assert uplink.available() and uplink.available()
-
-
-def test_each_failed_probe_doubles_the_down_time_up_to_the_cap() -> None:
-    clock = Clock()
-    uplink = UplinkHealth(clock=clock)
-    uplink.record_failure()
-    assert down_times(uplink, clock, 5) == [1.0, 2.0, 4.0, 5.0, 5.0]
-
-
-def test_a_success_resets_the_backoff() -> None:
-    clock = Clock()
-    uplink = UplinkHealth(clock=clock)
-    uplink.record_failure()
-    down_times(uplink, clock, 3)
-    assert uplink.available() is False
-    clock.now += 5.0
-    assert uplink.available()
-    uplink.record_success()
-    uplink.record_failure()
-    assert down_times(uplink, clock, 2) == [1.0, 2.0]
-
-
-def test_failures_of_requests_sent_before_the_outage_count_once() -> None:
-    clock = Clock()
-    uplink = UplinkHealth(clock=clock)
-    for _ in range(50):  # every request in flight when the worker died
-        uplink.record_failure()
-    assert down_times(uplink, clock, 2) == [1.0, 2.0]
-
-
-def test_a_probe_that_never_reports_back_blocks_one_period_only() -> None:
-    clock = Clock()
-    uplink = UplinkHealth(clock=clock)
-    uplink.record_failure()
-    clock.now += 1.0
-    assert uplink.available()  # the probe, lost
-    clock.now += 0.5
-    assert not uplink.available()
-    clock.now += 0.5
-    assert uplink.available()
-
-
-def test_uplink_settings_are_configurable_and_checked() -> None:
-    clock = Clock()
-    uplink = UplinkHealth(UplinkSettings(retry_after_s=0.5, max_retry_after_s=1.2, backoff_factor=3.0), clock=clock)
-    uplink.record_failure()
-    assert down_times(uplink, clock, 3) == [0.5, 1.2, 1.2]
-    for bad in ({"retry_after_s": 0.0}, {"retry_after_s": 6.0}, {"backoff_factor": 0.5}):
-        with pytest.raises(ValueError, match="retry_after_s"):
-            UplinkSettings(**bad)
-
-
-def test_a_dead_uplink_makes_a_hard_cascade_answer_degraded_at_once() -> None:
-    clock = Clock()
-    uplink = UplinkHealth(clock=clock)
-    assert resolve_cascade(DIGITS, HARD, uplink.available).route == ROUTE_CASCADE_HARD
-    uplink.record_failure()  # the worker was killed
-    assert resolve_cascade(DIGITS, HARD, uplink.available).route == ROUTE_DEGRADED
 
 
 # --- calibration -----------------------------------------------------------------------------------
