@@ -25,6 +25,7 @@ from fogline.errors import DeadlineExceededError, ErrorCode, FoglineError, Unava
 from fogline.grpc.codec import decode_outputs, decode_parameters, encode_request
 from fogline.grpc.server import DEFAULT_MAX_MESSAGE_BYTES, channel_options
 from fogline.grpc.status import from_rpc_error
+from fogline.resilience import BreakerSettings, CircuitBreaker, Outcome, Permit
 from fogline.types import (
     PARAM_DEGRADED,
     PARAM_NODE,
@@ -36,6 +37,17 @@ from fogline.types import (
 )
 
 T = TypeVar("T")
+
+# A client sees one endpoint per region: a region that failed twice in a row is left alone for a
+# second before a probe, and is back after two good answers.
+CLIENT_BREAKER = BreakerSettings(consecutive_failures=2, probe_successes=2)
+# Errors that say "try another endpoint": it is down, full, or (our attempt timeout) hung.
+_NEXT_ENDPOINT = frozenset({ErrorCode.UNAVAILABLE, ErrorCode.RESOURCE_EXHAUSTED, ErrorCode.DEADLINE_EXCEEDED})
+
+
+class _TryNext(Exception):
+    def __init__(self, error: FoglineError) -> None:
+        self.error = error
 
 
 @dataclass(frozen=True)
@@ -78,22 +90,28 @@ class ModelMetadata:
 
 
 class Client:
-    """An asyncio client for one or more V2 endpoints (edge masters, device nodes, the cloud master).
+    """An asyncio client for one or more V2 endpoints (edge masters of several regions, device nodes,
+    the cloud master), in order of preference.
 
-    Calls go to the endpoint that last answered; when it is unreachable (UNAVAILABLE) the call
-    moves on to the next endpoint, within the call's timeout.
+    Each endpoint has a circuit breaker. A call goes to the first endpoint whose circuit takes it;
+    when that one is unreachable, overloaded or (with ``attempt_timeout_s``) does not answer in
+    time, the call moves on to the next, within the call's timeout. An endpoint whose circuit opened
+    gets probes again after a while and, once they succeed, its traffic back: a region that was
+    down is used again when it recovers. If every circuit is open, every endpoint is tried.
     """
 
     def __init__(self, endpoints: str | Sequence[str], *, timeout_s: float = 10.0,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
-        self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+                 attempt_timeout_s: float | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 breaker: BreakerSettings | None = None) -> None:
+        self.endpoints = [endpoints] if isinstance(endpoints, str) else list(dict.fromkeys(endpoints))
         if not self.endpoints:
             raise ValueError("at least one endpoint (host:port) is required")
         self.timeout_s = timeout_s
+        self.attempt_timeout_s = attempt_timeout_s
         self._options = channel_options(max_message_bytes)
         self._stubs: dict[str, pb_grpc.GRPCInferenceServiceStub] = {}
         self._channels: list[grpc.aio.Channel] = []
-        self._current = 0
+        self.breakers = {e: CircuitBreaker(breaker or CLIENT_BREAKER) for e in self.endpoints}
 
     def _stub(self, endpoint: str) -> pb_grpc.GRPCInferenceServiceStub:
         stub = self._stubs.get(endpoint)
@@ -107,26 +125,50 @@ class Client:
                     timeout_s: float | None) -> tuple[T, str]:
         deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.timeout_s)
         errors: list[FoglineError] = []
-        n = len(self.endpoints)
-        for i in range(n):
-            index = (self._current + i) % n
-            endpoint = self.endpoints[index]
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise DeadlineExceededError(f"timed out after trying {[str(e) for e in errors]}")
-            try:
-                result = await call(self._stub(endpoint), remaining)
-            except grpc.aio.AioRpcError as exc:
-                err = from_rpc_error(exc, peer=endpoint)
-                if err.code is not ErrorCode.UNAVAILABLE:
-                    raise err from None
-                errors.append(err)
-                continue
-            self._current = index
-            return result, endpoint
-        if n == 1:
+        tried: set[str] = set()
+        for force in (False, True):  # a second, forced pass only if every circuit refused
+            for endpoint in self.endpoints:
+                permit = None if endpoint in tried else self.breakers[endpoint].allow(force=force)
+                if permit is None:
+                    continue
+                tried.add(endpoint)
+                try:
+                    return await self._attempt(endpoint, permit, call, deadline), endpoint
+                except _TryNext as next_:
+                    errors.append(next_.error)
+            if tried:
+                break
+        if len(errors) == 1:
             raise errors[0]
         raise UnavailableError(f"no endpoint answered: {'; '.join(map(str, errors))}")
+
+    async def _attempt(self, endpoint: str, permit: Permit,
+                       call: Callable[[pb_grpc.GRPCInferenceServiceStub, float], Awaitable[T]], deadline: float) -> T:
+        """One try at ``endpoint``, its outcome told to its breaker; _TryNext if another endpoint should
+        be tried, the error itself if it is final."""
+        breaker = self.breakers[endpoint]
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            breaker.release(permit)
+            raise DeadlineExceededError(f"the call's timeout passed before {endpoint} could be tried")
+        ours = self.attempt_timeout_s is not None and self.attempt_timeout_s < remaining
+        started = time.monotonic()
+        try:
+            result = await call(self._stub(endpoint), self.attempt_timeout_s if ours else remaining)  # type: ignore[arg-type]
+        except grpc.aio.AioRpcError as exc:
+            err = from_rpc_error(exc, peer=endpoint)
+            if err.code is ErrorCode.DEADLINE_EXCEEDED and not ours:
+                breaker.release(permit)  # the call's own timeout: final, and no verdict on the endpoint
+                raise err from None
+            breaker.record(permit, Outcome.of(err.code), time.monotonic() - started)
+            if err.code in _NEXT_ENDPOINT:
+                raise _TryNext(err) from None
+            raise err from None
+        except BaseException:
+            breaker.release(permit)
+            raise
+        breaker.record(permit, Outcome.SUCCESS, time.monotonic() - started)
+        return result
 
     async def infer(self, model: str, inputs: Mapping[str, np.ndarray], *, outputs: Sequence[str] | None = None,
                     version: str = "", request_id: str = "", session: str | None = None, tier: str | None = None,

@@ -19,6 +19,10 @@ X = {"input": np.ones((1, 64), np.float32)}
 
 @pytest.fixture
 async def dead_address() -> str:
+    return await dead()
+
+
+async def dead() -> str:
     """An address where a server was and no longer is."""
     server = grpc.aio.server()
     port = bind(server, "127.0.0.1", 0)
@@ -36,8 +40,9 @@ async def test_the_client_fails_over_to_the_next_endpoint_and_stays_there(device
 
 
 async def test_every_endpoint_down_is_unavailable_naming_them(dead_address: str) -> None:
-    async with Client([dead_address, dead_address], timeout_s=5) as client:
-        with pytest.raises(UnavailableError, match=f"no endpoint answered: {dead_address}"):
+    other = await dead()
+    async with Client([dead_address, other], timeout_s=5) as client:
+        with pytest.raises(UnavailableError, match=f"no endpoint answered: {dead_address}.*; {other}"):
             await client.infer("mlp", X)
 
 
@@ -72,3 +77,31 @@ def test_the_sync_client_works_without_an_event_loop(sample_models) -> None:
     finally:
         box["loop"].call_soon_threadsafe(box["stop"].set)  # type: ignore[union-attr]
         thread.join(30)
+
+
+async def test_the_client_leaves_a_failed_endpoint_and_comes_back_when_it_recovers(sample_models) -> None:  # type: ignore[no-untyped-def]
+    from fogline.resilience import BreakerSettings
+
+    def node(port: int, name: str) -> DeviceNode:
+        return DeviceNode(DeviceSettings(model_repository=sample_models, node_id=name, grpc_port=port))
+
+    home, away = node(0, "home"), node(0, "away")
+    await home.start()
+    await away.start()
+    address = home.endpoints["grpc"]
+    breaker = BreakerSettings(consecutive_failures=1, base_open_s=0.1, open_jitter=0.0, probe_successes=1)
+    try:
+        async with Client([address, away.endpoints["grpc"]], timeout_s=5, breaker=breaker) as client:
+            assert (await client.infer("mlp", X)).endpoint == address
+            await home.drain()
+            for _ in range(5):  # the home region is down: every call is answered by the other
+                assert (await client.infer("mlp", X)).endpoint == away.endpoints["grpc"]
+            home = node(int(address.rsplit(":", 1)[1]), "home")
+            await home.start()
+            async with asyncio.timeout(10):
+                while (await client.infer("mlp", X)).endpoint != address:
+                    await asyncio.sleep(0.02)
+            assert client.breakers[address].state.value == "closed"
+    finally:
+        await home.drain()
+        await away.drain()
