@@ -41,6 +41,8 @@ def _model_server(p: argparse.ArgumentParser, service: str, id_help: str, master
     p.add_argument("--model", action="append", dest="only", help="load only this model (repeatable)")
     p.add_argument("--id", help=f"{id_help} (default: {service}-<hostname>)")
     p.add_argument("--master", help=f"{master} control address host:port (omit to run stand-alone)")
+    p.add_argument("--fault-delay-ms", type=float, default=0.0,
+                   help="testing aid (chaos suites): delay every inference this long, as a slow node would")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--attempt-timeout-s", type=float, default=1.0,
                       help="abandon one attempt at a device or worker after this long and retry elsewhere, "
                            "when the caller's deadline leaves time (default 1.0)")
+    edge.add_argument("--slow-call-s", type=float, default=1.0,
+                      help="a device or worker call this long counts as slow; a circuit opens when half "
+                           "the recent calls are (default 1.0)")
     edge.add_argument("--escalation-timeout-s", type=float, default=2.0,
                       help="the longest a cascade waits for the cloud before answering from the device, "
                            "flagged degraded (default 2.0)")
@@ -146,7 +151,7 @@ def _model_server_settings(cls: type[S], args: argparse.Namespace, **extra: Any)
         model_repository=args.models, models=tuple(args.only) if args.only else None, region=args.region,
         host=args.host, advertise_host=args.advertise_host, grpc_port=args.grpc_port, http_port=args.http_port,
         master=args.master, max_message_bytes=args.max_message_mb * MiB, drain_grace_s=args.drain_grace_s,
-        **extra,
+        fault_delay_s=args.fault_delay_ms / 1000, **extra,
     )
     if args.id:
         settings.node_id = args.id
@@ -172,6 +177,7 @@ def _edge(args: argparse.Namespace) -> int:
     from edge_master import EdgeMaster, EdgeSettings
     from fogline.dispatch import DispatchSettings
     from fogline.edge_router import EdgeRoutingSettings
+    from fogline.resilience import BreakerSettings
     from fogline.service import run
 
     settings = EdgeSettings(
@@ -182,6 +188,7 @@ def _edge(args: argparse.Namespace) -> int:
         routing=EdgeRoutingSettings(device_queue_limit=args.device_queue_limit,
                                     escalation_timeout_s=args.escalation_timeout_s),
         dispatch=DispatchSettings(attempt_timeout_s=args.attempt_timeout_s),
+        breaker=BreakerSettings(slow_call_s=args.slow_call_s, probe_timeout_s=max(args.slow_call_s, 0.05)),
     )
     if args.id:
         settings.edge_id = args.id

@@ -6,6 +6,7 @@ Protocol-independent: the gRPC adapter decodes a request into an :class:`InferRe
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -28,13 +29,14 @@ class LocalDataPlane:
     """Validates requests against the model specs and runs them through each model's batcher."""
 
     def __init__(self, node_id: str, tier: str, models: Mapping[str, ServedModel], *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, fault_delay_s: float = 0.0) -> None:
         self.node_id = node_id
         self.tier = tier
         self.models = dict(models)
         self.clock = clock
         self.draining = False  # readiness only: requests already routed here are still served
         self._tags = {PARAM_TIER: tier, PARAM_NODE: node_id}
+        self.fault_delay_s = fault_delay_s  # injected latency (chaos tests): see ModelServerSettings
 
     def model(self, name: str, version: str = "") -> ServedModel:
         served = self.models.get(name)
@@ -54,6 +56,8 @@ class LocalDataPlane:
         spec = served.spec
         spec.check_inputs(request.inputs)
         spec.check_outputs(request.outputs)
+        if self.fault_delay_s:
+            await asyncio.sleep(self.fault_delay_s)
         outputs = await served.batcher.infer(request.inputs, deadline=request.deadline)
         if request.outputs:
             outputs = {name: outputs[name] for name in request.outputs}

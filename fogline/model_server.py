@@ -58,6 +58,9 @@ class ModelServerSettings:
     """Largest request or response accepted; larger ones get RESOURCE_EXHAUSTED."""
     drain_grace_s: float = 10.0
     """On SIGTERM, how long in-flight requests may take to finish."""
+    fault_delay_s: float = 0.0
+    """Testing aid for chaos suites and benchmarks: hold every inference this long before running
+    it, as a slow node would. Leave at 0 in production."""
 
 
 class ModelServer:
@@ -81,7 +84,8 @@ class ModelServer:
 
     async def start(self) -> dict[str, Any]:
         s = self.settings
-        self.dataplane = dataplane = LocalDataPlane(s.node_id, self.tier, self._load_models())
+        self.dataplane = dataplane = LocalDataPlane(s.node_id, self.tier, self._load_models(),
+                                                    fault_delay_s=s.fault_delay_s)
         self.metrics.add_gauges(self._gauges)
 
         self._server, self._health = create_server(
