@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 EXTRAS ?= cpu,cloud,dev
 
-.PHONY: install up test lint bench bench-cascade protos
+.PHONY: install up test lint bench bench-cascade bench-chaos protos
 
 install: $(VENV)/.installed
 
@@ -29,9 +29,13 @@ lint: install
 bench: install
 	$(PY) -m bench
 	$(PY) -m bench.cascade
+	$(PY) -m bench.chaos
 
 bench-cascade: install
 	$(PY) -m bench.cascade
+
+bench-chaos: install
+	$(PY) -m bench.chaos
 
 protos: install
 	$(PY) tools/gen_protos.py
