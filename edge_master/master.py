@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fogline.dispatch import Dispatcher, DispatchSettings
@@ -67,7 +67,8 @@ class EdgeMaster(Master):
                          connect=self._connect, breaker=settings.breaker)
         self.settings = settings
         self.dispatcher: Dispatcher[bytes] = Dispatcher(
-            self.pool, f"region {settings.region!r}", settings.dispatch,  # type: ignore[arg-type]
+            self.pool, f"region {settings.region!r}",  # type: ignore[arg-type]
+            replace(settings.dispatch, max_outstanding=settings.routing.device_queue_limit),
             on_attempt=self._count_attempt)
         self.workers: EndpointPool[GrpcUpstream] = EndpointPool(
             self._connect, self._disconnect, make_breaker=lambda: CircuitBreaker(settings.breaker))
@@ -78,6 +79,10 @@ class EdgeMaster(Master):
         self.membership: MembershipLoop | None = None
         self.topology: TopologyFollower | None = None
         self.metrics.add_gauges(self._gauges)
+        self.metrics.add_counters(lambda: [
+            ("fogline_retry_budget_rejections", "Retries not sent because the retry budget was spent",
+             {"pool": pool}, float(d.budget.rejected_total))
+            for pool, d in (("devices", self.dispatcher), ("workers", self.router.cloud))])
 
     def _connect(self, state: MemberState) -> GrpcUpstream:
         kind = StreamUpstream if self.settings.upstream_streams else GrpcUpstream
@@ -95,6 +100,10 @@ class EdgeMaster(Master):
         samples: list[GaugeSample] = [
             ("fogline_uplink_up", "1 while some GPU worker's circuit takes calls", {}, float(self.router.uplink_up)),
             ("fogline_cloud_workers", "GPU workers this edge may escalate to", {}, float(len(self.workers.endpoints)))]
+        for pool, dispatcher in (("devices", self.dispatcher), ("workers", self.router.cloud)):
+            plan = dispatcher.snapshot()
+            samples.append(("fogline_ejected_endpoints", "Endpoints their open circuits keep out of routing",
+                            {"pool": pool}, float(len(plan["ejected"]))))
         if self.topology is not None:
             samples.append(("fogline_topology_connected", "1 while following the cloud master's topology", {},
                             float(self.topology.connected)))

@@ -22,6 +22,7 @@ from fogline.errors import (
     ErrorCode,
     FoglineError,
     ModelNotFoundError,
+    OverloadedError,
     UnavailableError,
 )
 from fogline.resilience import EjectionLimits, Outcome, Permit, RetryBudget, RetryBudgetSettings
@@ -55,6 +56,11 @@ class DispatchSettings:
     only. A hung peer then costs a request this long, not its whole deadline."""
     default_timeout_s: float = 30.0
     """Deadline for a request whose caller set none: nothing waits forever."""
+    max_outstanding: int | None = None
+    """Requests of ours one endpoint may have at once (admission control); when every endpoint
+    holding the model has this many, RESOURCE_EXHAUSTED with a retry hint. None: no limit here."""
+    overload_retry_after_s: float = 0.1
+    """The retry hint of that RESOURCE_EXHAUSTED."""
     ejection: EjectionLimits = field(default_factory=EjectionLimits)
     """How much of a pool open breakers may take out of routing."""
     retry_budget: RetryBudgetSettings = field(default_factory=RetryBudgetSettings)
@@ -86,7 +92,12 @@ class Dispatcher(Generic[R]):
         if not candidates:
             raise ModelNotFoundError(
                 f"model {model!r} is not served in {self.scope}; available: {self.pool.models()}")
-        fresh = [e for e in candidates if e.id not in tried]
+        limit = self.settings.max_outstanding
+        fresh = [e for e in candidates if e.id not in tried and (limit is None or e.outstanding < limit)]
+        if not fresh and limit is not None and any(e.outstanding >= limit for e in candidates):
+            retry = self.settings.overload_retry_after_s
+            raise OverloadedError(f"every endpoint holding {model!r} in {self.scope} has {limit} requests "
+                                  f"outstanding (the limit); retry after {retry:g} s", retry_after_s=retry)
         plan = self.settings.ejection.routable([e.breaker.health(e.id) for e in fresh])
         routable = set(plan.ids)
         left = [e for e in fresh if e.id in routable]

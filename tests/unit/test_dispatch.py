@@ -229,3 +229,13 @@ def test_an_unknown_region_is_not_found_naming_the_known_ones() -> None:
     routing.pool.sync([])
     routing.sync()
     assert routing.regions == {}
+
+
+async def test_admission_control_skips_full_endpoints_and_refuses_when_all_are_full() -> None:
+    dispatcher = make({"a": FakeUpstream("a"), "b": FakeUpstream("b")}, max_outstanding=2)
+    dispatcher.pool.endpoints["a"].outstanding = 2
+    assert {(await dispatcher.infer("m", b"x")).endpoint for _ in range(10)} == {"b"}
+    dispatcher.pool.endpoints["b"].outstanding = 2
+    with pytest.raises(OverloadedError, match="every endpoint holding 'm' in region 'r' has 2 requests outstanding") as info:
+        await dispatcher.infer("m", b"x")
+    assert info.value.retry_after_s == pytest.approx(0.1)
