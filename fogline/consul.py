@@ -37,6 +37,7 @@ import consul.aio
 from consul.exceptions import BadRequest, ClientError
 
 from fogline.errors import FoglineError, InvalidInputError, UnavailableError
+from fogline.lifecycle import stop_task
 from fogline.registry import Load, Member
 
 log = logging.getLogger(__name__)
@@ -407,9 +408,7 @@ class _BlockingWatch(Generic[T]):
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        while task is not None and not task.done():
-            task.cancel()
-            await asyncio.wait([task], timeout=1.0)
+        await stop_task(task)
         if self._client is not None:
             await self._client.close()
             self._client = None

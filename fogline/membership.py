@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from fogline.errors import FoglineError
+from fogline.lifecycle import stop_task
 from fogline.registry import Load, Member
 
 log = logging.getLogger(__name__)
@@ -72,9 +73,7 @@ class MembershipLoop:
     async def leave(self) -> None:
         """Stop heartbeating and deregister (best effort: the TTL covers a failure)."""
         registering = self._registering  # cancelled mid-Register: the master may have added us
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await stop_task(self._task)
         if self.registered.is_set() or registering:
             try:
                 await self.control.deregister(self._member().id)

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from fogline.catalog import Catalog, describe
 from fogline.errors import FoglineError
+from fogline.lifecycle import stop_task
 from fogline.registry import EmbeddedRegistry, Load, Member, MemberState
 
 log = logging.getLogger(__name__)
@@ -118,9 +119,7 @@ class TopologyFollower:
         self._task = asyncio.create_task(self._run(), name="topology")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await stop_task(self._task)
 
     async def _run(self) -> None:
         backoff = 0.05
