@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fogline.catalog import Catalog, describe, load_catalog
+from fogline.discovery import ConsulDiscovery, ConsulFollower, LiveConfig
 from fogline.dispatch import DispatchSettings, RegionalDispatch
 from fogline.grpc.control import ControlServicer
 from fogline.grpc.forward import RegionalBackend
@@ -20,7 +21,8 @@ from fogline.grpc.server import DEFAULT_MAX_MESSAGE_BYTES
 from fogline.grpc.upstream import GrpcUpstream, StreamUpstream
 from fogline.http.peers import fetch_statuses
 from fogline.master import Master
-from fogline.registry import MemberState
+from fogline.membership import MembershipLoop
+from fogline.registry import Load, Member, MemberState
 from fogline.resilience import BreakerSettings
 from fogline.topology import TopologyPublisher
 
@@ -59,6 +61,9 @@ class CloudSettings:
     """When the circuit of an edge master opens, for how long, and how it closes."""
     catalog: Path | None = None
     """The model catalog (TOML, see ``fogline.catalog``); None: every model runs where it is held."""
+    consul: ConsulDiscovery | None = None
+    """Find edge masters and GPU workers in Consul (and register there) instead of taking their
+    registrations on the control plane; a catalog in Consul KV then overrides ``catalog``."""
     topology_refresh_s: float = 2.0
     """Edge masters get the workers and catalog on every change and at least this often."""
 
@@ -73,8 +78,11 @@ class CloudMaster(Master):
         self.routing: RegionalDispatch[bytes] = RegionalDispatch(
             self.pool, settings.dispatch, on_attempt=self._count_attempt)  # type: ignore[arg-type]
         self.registry.watch(self.routing.sync)  # after the pool's own watcher: it reads the synced pool
-        catalog = load_catalog(settings.catalog) if settings.catalog else Catalog()
-        self.publisher = TopologyPublisher(self.registry, catalog, refresh_s=settings.topology_refresh_s)
+        self.file_catalog = load_catalog(settings.catalog) if settings.catalog else Catalog()
+        self.publisher = TopologyPublisher(self.registry, self.file_catalog, refresh_s=settings.topology_refresh_s)
+        self.consul: ConsulFollower | None = None
+        self.membership: MembershipLoop | None = None
+        self.live = LiveConfig()
 
     def _connect(self, state: MemberState) -> GrpcUpstream:
         return StreamUpstream(state.member.address, max_message_bytes=self.settings.max_message_bytes,
@@ -89,7 +97,23 @@ class CloudMaster(Master):
                                       grpc_port=s.grpc_port, control_port=s.control_port, http_port=s.http_port,
                                       routes={"/v1/topology": self.topology})
         self.endpoints = {"id": s.cloud_id, **addresses}
+        if s.consul is not None:
+            self.membership = MembershipLoop(s.consul.control_plane(), self._member, Load)
+            self.membership.start()
+            self.consul = ConsulFollower(s.consul, self.registry, mirror={"edge": None, "worker": None},
+                                         on_kv=self._apply_kv)
+            await self.consul.start()
+            self.metrics.add_gauges(self.consul.gauges)
         return dict(self.endpoints)
+
+    def _member(self) -> Member:
+        return Member(id=self.settings.cloud_id, service="cloud", address=self.endpoints["grpc"],
+                      models=frozenset(self.pool.models()), http_address=self.endpoints["http"])
+
+    def _apply_kv(self, values: dict[str, bytes]) -> None:
+        assert self.settings.consul is not None
+        self.live.update(values, self.settings.consul.kv_prefix)
+        self.publisher.set_catalog(self.live.catalog or self.file_catalog)
 
     def readiness(self) -> tuple[bool, str]:
         if not self.pool.endpoints:
@@ -111,7 +135,9 @@ class CloudMaster(Master):
                 "edges": [self._describe(s) for s in self.registry.members("edge")],
                 "workers": [self._describe(s) for s in self.registry.members("worker")],
                 "topology_version": self.publisher.version, "dispatch": self.routing.any.snapshot(),
-                "catalog": [describe(e) for e in self.publisher.catalog.entries.values()]}
+                "catalog": [describe(e) for e in self.publisher.catalog.entries.values()],
+                "discovery": {**self.consul.status(), "live_config_error": self.live.error} if self.consul
+                else {"kind": "embedded"}}
 
     async def topology(self) -> dict[str, Any]:
         """Regions → edge masters → their device nodes (each edge's own status), and the GPU workers.
@@ -133,7 +159,13 @@ class CloudMaster(Master):
                             for s in workers]}
 
     async def drain(self) -> None:
+        if self.consul is not None:
+            await self.consul.stop()
+        if self.membership is not None:
+            await self.membership.leave()
         await self._stop_serving()
+        if self.membership is not None:
+            await self.membership.control.close()  # type: ignore[attr-defined]
 
 
 def _healthy(status: dict[str, Any] | None) -> bool:

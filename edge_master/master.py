@@ -8,9 +8,12 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from fogline.catalog import Catalog
+from fogline.discovery import ConsulDiscovery, ConsulFollower, LiveConfig
 from fogline.dispatch import Dispatcher, DispatchSettings
 from fogline.edge_router import EdgeRouter, EdgeRoutingSettings, Routed
 from fogline.grpc.control import ControlServicer, GrpcControlClient
@@ -55,6 +58,9 @@ class EdgeSettings:
     cloud master is unreachable."""
     routing: EdgeRoutingSettings = field(default_factory=EdgeRoutingSettings)
     """Overflow threshold and how long a cascade waits for the cloud."""
+    consul: ConsulDiscovery | None = None
+    """Find device nodes and GPU workers in Consul, register there, and take the catalog and policy
+    from Consul KV, instead of the embedded registry and the cloud master's topology."""
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
     """When the circuit of a device node or GPU worker opens, for how long, and how it closes."""
 
@@ -78,6 +84,8 @@ class EdgeMaster(Master):
         self.router = EdgeRouter(self.dispatcher, cloud, V2Wire(), settings=settings.routing)
         self.membership: MembershipLoop | None = None
         self.topology: TopologyFollower | None = None
+        self.consul: ConsulFollower | None = None
+        self.live = LiveConfig()
         self.metrics.add_gauges(self._gauges)
         self.metrics.add_counters(lambda: [
             ("fogline_retry_budget_rejections", "Retries not sent because the retry budget was spent",
@@ -90,8 +98,29 @@ class EdgeMaster(Master):
 
     def _apply_topology(self, snapshot: TopologySnapshot) -> None:
         self.router.catalog = snapshot.catalog
+        self._apply_workers_with_load(snapshot.workers)
+
+    def _apply_workers_with_load(self, workers: Iterable[tuple[Member, Load]]) -> None:
         previous = {e.id: e.state for e in self.workers.endpoints.values()}
-        self.workers.sync(worker_states(snapshot, previous, time.monotonic()))
+        self.workers.sync(worker_states(workers, previous, time.monotonic()))
+
+    def _apply_consul_workers(self, members: list[Member]) -> None:
+        loads = {e.id: e.state.load for e in self.workers.endpoints.values()}
+        self._apply_workers_with_load([(m, loads.get(m.id, Load())) for m in members])
+
+    def _apply_kv(self, values: dict[str, bytes]) -> None:
+        """The catalog and policy from Consul KV, applied to requests from now on."""
+        assert self.settings.consul is not None
+        self.live.update(values, self.settings.consul.kv_prefix)
+        self.router.catalog = self.live.catalog or Catalog()
+        try:
+            routing = replace(self.settings.routing, **(self.live.policy or {}))
+        except (TypeError, ValueError) as exc:
+            self.live.error = f"consul kv policy: {exc}"
+            log.error("%s; keeping the last good policy", self.live.error)
+            return
+        self.router.settings = routing
+        self.dispatcher.settings = replace(self.dispatcher.settings, max_outstanding=routing.device_queue_limit)
 
     def _count_route(self, routed: Routed[bytes]) -> None:
         self.metrics.routes.labels(routed.tier, routed.route).inc()
@@ -104,6 +133,8 @@ class EdgeMaster(Master):
             plan = dispatcher.snapshot()
             samples.append(("fogline_ejected_endpoints", "Endpoints their open circuits keep out of routing",
                             {"pool": pool}, float(len(plan["ejected"]))))
+        if self.consul is not None:
+            samples += self.consul.gauges()
         if self.topology is not None:
             samples.append(("fogline_topology_connected", "1 while following the cloud master's topology", {},
                             float(self.topology.connected)))
@@ -117,7 +148,13 @@ class EdgeMaster(Master):
         addresses = await self._serve(backend, control, host=s.host, advertise_host=s.advertise_host,
                                       grpc_port=s.grpc_port, control_port=s.control_port, http_port=s.http_port)
         self.endpoints = {"id": s.edge_id, "region": s.region, **addresses}
-        if s.cloud:
+        if s.consul is not None:
+            self.membership = MembershipLoop(s.consul.control_plane(), self._member, self._load)
+            self.membership.start()
+            self.consul = ConsulFollower(s.consul, self.registry, mirror={"device": s.region},
+                                         follow={"worker": self._apply_consul_workers}, on_kv=self._apply_kv)
+            await self.consul.start()
+        elif s.cloud:
             client = GrpcControlClient(s.cloud)
             self.membership = MembershipLoop(client, self._member, self._load)
             self.membership.start()
@@ -160,7 +197,14 @@ class EdgeMaster(Master):
         return {"tier": "edge", **self.endpoints, "ready": self.readiness()[0],
                 "registered": self.membership.registered.is_set() if self.membership else None,
                 "models": self.router.models(), "devices": devices, "dispatch": self.dispatcher.snapshot(),
-                "cloud": self._cloud_status()}
+                "cloud": self._cloud_status(), "discovery": self._discovery_status()}
+
+    def _discovery_status(self) -> dict[str, Any]:
+        if self.consul is None:
+            return {"kind": "embedded"}
+        return {**self.consul.status(), "live_config_error": self.live.error,
+                "policy": {"device_queue_limit": self.router.settings.device_queue_limit,
+                           "escalation_timeout_s": self.router.settings.escalation_timeout_s}}
 
     def _cloud_status(self) -> dict[str, Any]:
         workers = [{"id": e.id, "address": e.state.member.address, "models": sorted(e.state.member.models),
@@ -174,6 +218,8 @@ class EdgeMaster(Master):
     async def drain(self) -> None:
         if self.topology is not None:
             await self.topology.stop()
+        if self.consul is not None:
+            await self.consul.stop()
         if self.membership is not None:
             await self.membership.leave()  # the cloud master stops routing here first
         await self._stop_serving()

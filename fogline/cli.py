@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
+    from fogline.discovery import ConsulDiscovery
     from fogline.model_server import ModelServerSettings
 
 from fogline.catalog import CatalogError
@@ -32,6 +33,17 @@ def _common(p: argparse.ArgumentParser, *, region: bool = True) -> None:
     p.add_argument("--max-message-mb", type=int, default=64, help="largest request accepted, MiB (default 64)")
     p.add_argument("--drain-grace-s", type=float, default=10.0, help="time to finish in-flight work on SIGTERM")
     p.add_argument("--ready-file", type=Path, help="write the bound endpoints here as JSON once serving")
+    d = p.add_argument_group("discovery")
+    d.add_argument("--discovery", choices=("embedded", "consul"),
+                   default=os.environ.get("FOGLINE_DISCOVERY", "embedded"),
+                   help="how peers are found: the parent master's embedded registry (default; --master/--cloud) "
+                        "or Consul (the ACL token only from CONSUL_HTTP_TOKEN or CONSUL_HTTP_TOKEN_FILE)")
+    d.add_argument("--consul-addr", help="Consul agent HTTP address (default: CONSUL_HTTP_ADDR, else 127.0.0.1:8500)")
+    d.add_argument("--consul-check-interval-s", type=float, default=2.0,
+                   help="how often Consul checks this process's grpc.health.v1 (default 2)")
+    d.add_argument("--consul-deregister-after-s", type=float, default=60.0,
+                   help="Consul drops this process after its check is critical this long (default 60)")
+    d.add_argument("--consul-kv-prefix", default="fogline", help="KV prefix of the live catalog and policy")
 
 
 def _model_server(p: argparse.ArgumentParser, service: str, id_help: str, master: str) -> None:
@@ -145,13 +157,26 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _consul(args: argparse.Namespace) -> ConsulDiscovery | None:
+    """The Consul discovery the flags and Consul's environment variables ask for; None: embedded."""
+    if args.discovery != "consul":
+        return None
+    from fogline.consul import ConsulSettings
+    from fogline.discovery import ConsulDiscovery
+
+    overrides = {"address": args.consul_addr} if args.consul_addr else {}
+    return ConsulDiscovery(consul=ConsulSettings.from_env(**overrides), check_interval_s=args.consul_check_interval_s,
+                           deregister_critical_after_s=args.consul_deregister_after_s,
+                           kv_prefix=args.consul_kv_prefix.strip("/"))
+
+
 def _model_server_settings(cls: type[S], args: argparse.Namespace, **extra: Any) -> S:
     """Settings of a device node or GPU worker from the flags of :func:`_model_server`."""
     settings = cls(
         model_repository=args.models, models=tuple(args.only) if args.only else None, region=args.region,
         host=args.host, advertise_host=args.advertise_host, grpc_port=args.grpc_port, http_port=args.http_port,
         master=args.master, max_message_bytes=args.max_message_mb * MiB, drain_grace_s=args.drain_grace_s,
-        fault_delay_s=args.fault_delay_ms / 1000, **extra,
+        fault_delay_s=args.fault_delay_ms / 1000, consul=_consul(args), **extra,
     )
     if args.id:
         settings.node_id = args.id
@@ -189,6 +214,7 @@ def _edge(args: argparse.Namespace) -> int:
                                     escalation_timeout_s=args.escalation_timeout_s),
         dispatch=DispatchSettings(attempt_timeout_s=args.attempt_timeout_s),
         breaker=BreakerSettings(slow_call_s=args.slow_call_s, probe_timeout_s=max(args.slow_call_s, 0.05)),
+        consul=_consul(args),
     )
     if args.id:
         settings.edge_id = args.id
@@ -203,7 +229,7 @@ def _cloud(args: argparse.Namespace) -> int:
         host=args.host, advertise_host=args.advertise_host, grpc_port=args.grpc_port,
         control_port=args.control_port, http_port=args.http_port, max_message_bytes=args.max_message_mb * MiB,
         member_ttl_s=args.member_ttl_s, drain_grace_s=args.drain_grace_s, catalog=args.catalog,
-        topology_refresh_s=args.topology_refresh_s,
+        topology_refresh_s=args.topology_refresh_s, consul=_consul(args),
     )
     if args.id:
         settings.cloud_id = args.id

@@ -19,6 +19,7 @@ from typing import Any
 
 from fogline.batching import DynamicBatcher
 from fogline.dataplane import LocalDataPlane, ServedModel
+from fogline.discovery import ConsulDiscovery
 from fogline.grpc.control import GrpcControlClient
 from fogline.grpc.server import DEFAULT_MAX_MESSAGE_BYTES, bind, create_server, set_serving
 from fogline.grpc.v2 import LocalBackend, v2_handler
@@ -58,6 +59,8 @@ class ModelServerSettings:
     """Largest request or response accepted; larger ones get RESOURCE_EXHAUSTED."""
     drain_grace_s: float = 10.0
     """On SIGTERM, how long in-flight requests may take to finish."""
+    consul: ConsulDiscovery | None = None
+    """Register with Consul instead of a parent master (``master`` is then not needed)."""
     fault_delay_s: float = 0.0
     """Testing aid for chaos suites and benchmarks: hold every inference this long before running
     it, as a slow node would. Leave at 0 in production."""
@@ -98,7 +101,10 @@ class ModelServer:
         advertise = s.advertise_host or s.host
         self.endpoints = {"id": s.node_id, "region": s.region, "grpc": f"{advertise}:{grpc_port}",
                           "http": f"{advertise}:{http_port}"}
-        if s.master:
+        if s.consul is not None:
+            self.membership = MembershipLoop(s.consul.control_plane(), self._member, self._load)
+            self.membership.start()
+        elif s.master:
             self.membership = MembershipLoop(GrpcControlClient(s.master), self._member, self._load)
             self.membership.start()
         return dict(self.endpoints)
@@ -143,7 +149,8 @@ class ModelServer:
         if self.dataplane is None or not self.dataplane.ready():
             return False, "draining" if self.dataplane is not None else "starting"
         if self.membership is not None and not self.membership.registered.is_set():
-            return False, f"not registered with its master at {self.settings.master}"
+            where = self.settings.consul.consul.url if self.settings.consul else self.settings.master
+            return False, f"not registered with {'Consul' if self.settings.consul else 'its master'} at {where}"
         return True, ""
 
     def status(self) -> dict[str, Any]:
@@ -154,6 +161,7 @@ class ModelServer:
             **self.endpoints,
             "ready": self.readiness()[0],
             "master": self.settings.master,
+            "discovery": self.settings.consul.describe() if self.settings.consul else {"kind": "embedded"},
             "registered": self.membership.registered.is_set() if self.membership else None,
             "load": {"in_flight": running, "queue_depth": queued},
             "models": self.dataplane.status(),

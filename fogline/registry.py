@@ -1,8 +1,10 @@
 """Membership: who serves what, with what load. The embedded registry a master holds for its children.
 
 Children register, heartbeat their load, and deregister when they drain; one that misses
-heartbeats for ``ttl_s`` is dropped by :meth:`EmbeddedRegistry.expire`. Watchers are called
-after every change of membership (not on plain load updates, which they read from the states).
+heartbeats for ``ttl_s`` is dropped by :meth:`EmbeddedRegistry.expire`. Members learned from an
+external registry (Consul) are set wholesale per service with :meth:`EmbeddedRegistry.sync_service`
+and are not expired here: their registry's health checks decide. Watchers are called after every
+change of membership (not on plain load updates, which they read from the states).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class EmbeddedRegistry:
         self.heartbeat_interval_s = heartbeat_interval_s
         self._clock = clock
         self._states: dict[str, MemberState] = {}
+        self._external: set[str] = set()  # ids set by sync_service: never expired here
         self._watchers: list[Callable[[], None]] = []
 
     def register(self, member: Member) -> None:
@@ -80,7 +83,28 @@ class EmbeddedRegistry:
             self._changed()
         return True
 
+    def sync_service(self, service: str, members: Iterable[Member]) -> None:
+        """Make ``members`` the members of ``service`` as an external registry reports them: add the
+        new, drop the missing, keep the state (load) of the unchanged."""
+        now = self._clock()
+        current = {m.id: m for m in members}
+        changed = False
+        for mid in [mid for mid, st in self._states.items() if st.member.service == service and mid not in current]:
+            del self._states[mid]
+            self._external.discard(mid)
+            changed = True
+        for mid, member in current.items():
+            old = self._states.get(mid)
+            if old is None or old.member != member:
+                self._states[mid] = MemberState(member, old.load if old else Load(), now, now)
+                changed = True
+            self._external.add(mid)
+        if changed:
+            log.info("%s members now %s", service, sorted(current))
+            self._changed()
+
     def deregister(self, member_id: str) -> bool:
+        self._external.discard(member_id)
         if self._states.pop(member_id, None) is None:
             return False
         log.info("deregistered %s", member_id)
@@ -90,7 +114,7 @@ class EmbeddedRegistry:
     def expire(self) -> list[str]:
         """Drop members not heard from for ``ttl_s``; their ids."""
         cutoff = self._clock() - self.ttl_s
-        gone = [mid for mid, s in self._states.items() if s.last_seen < cutoff]
+        gone = [mid for mid, s in self._states.items() if s.last_seen < cutoff and mid not in self._external]
         for mid in gone:
             del self._states[mid]
             log.warning("expired %s: no heartbeat for %.1fs", mid, self.ttl_s)

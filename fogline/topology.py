@@ -14,7 +14,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -170,11 +170,12 @@ class TopologyFollower:
                 "catalog": [describe(e) for e in last.catalog.entries.values()] if last else []}
 
 
-def worker_states(snapshot: TopologySnapshot, previous: dict[str, MemberState], now: float) -> list[MemberState]:
-    """Registry-style states for the snapshot's workers, reusing ``previous`` ones so that endpoints
-    pointing at them see load updates in place."""
+def worker_states(workers: Iterable[tuple[Member, Load]], previous: dict[str, MemberState],
+                  now: float) -> list[MemberState]:
+    """Registry-style states for ``workers``, reusing ``previous`` ones so that endpoints pointing at
+    them see load updates in place."""
     states = []
-    for member, load in snapshot.workers:
+    for member, load in workers:
         state = previous.get(member.id)
         if state is None or state.member != member:
             state = MemberState(member, load, now, now)

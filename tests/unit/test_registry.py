@@ -66,3 +66,23 @@ def test_deregister_removes_at_once() -> None:
 def test_heartbeat_interval_must_be_shorter_than_the_ttl() -> None:
     with pytest.raises(ValueError):
         EmbeddedRegistry(ttl_s=1.0, heartbeat_interval_s=1.0)
+
+
+def test_members_from_an_external_registry_are_set_per_service_and_never_expired() -> None:
+    from fogline.registry import EmbeddedRegistry, Load, Member
+
+    now = [0.0]
+    registry = EmbeddedRegistry(ttl_s=3.0, clock=lambda: now[0])
+    changes = []
+    registry.watch(lambda: changes.append(sorted(s.member.id for s in registry.members())))
+    a, b = Member(id="a", service="device", address="h:1"), Member(id="b", service="device", address="h:2")
+    registry.register(Member(id="w", service="worker", address="h:3"))
+    registry.sync_service("device", [a, b])
+    registry.heartbeat("a", Load(in_flight=4))
+    registry.sync_service("device", [a, b])  # nothing changed: no watcher call, load kept
+    assert changes == [["w"], ["a", "b", "w"]]
+    assert registry.get("a").load == Load(in_flight=4)  # type: ignore[union-attr]
+    now[0] = 100.0
+    assert registry.expire() == ["w"]  # only the embedded member missed its heartbeats
+    registry.sync_service("device", [b])
+    assert [s.member.id for s in registry.members("device")] == ["b"]

@@ -100,7 +100,7 @@ async def test_the_follower_keeps_the_last_topology_and_reconnects() -> None:
 
 
 def test_worker_states_are_reused_so_endpoints_see_load_in_place() -> None:
-    first = worker_states(snapshot(1, WORKER), {}, now=1.0)
+    first = worker_states(snapshot(1, WORKER).workers, {}, now=1.0)
     again = TopologySnapshot(version=1, workers=((WORKER, Load(queue_depth=4)),), catalog=Catalog(), refresh_s=1)
-    second = worker_states(again, {s.member.id: s for s in first}, now=2.0)
+    second = worker_states(again.workers, {s.member.id: s for s in first}, now=2.0)
     assert second[0] is first[0] and first[0].load == Load(queue_depth=4) and first[0].last_seen == 2.0

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Start a Fogline device node on this host. Settings: deploy/env/device.env.example.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+fogline_init device "$@"
+FOGLINE_TIER_COMMAND=device
+fogline_common 8031 8030
+fogline_require FOGLINE_REGION "the region of this device node, e.g. eu-west"
+FOGLINE_CMD+=(--region "${FOGLINE_REGION:-}")
+fogline_models
+if [[ $FOGLINE_DISCOVERY == embedded ]]; then
+    fogline_require FOGLINE_EDGE_CONTROL "its edge master's control address host:port (or FOGLINE_DISCOVERY=consul)"
+    FOGLINE_CMD+=(--master "${FOGLINE_EDGE_CONTROL:-}")
+fi
+[[ -z ${FOGLINE_PROVIDERS:-} ]] || FOGLINE_CMD+=(--providers "$FOGLINE_PROVIDERS")
+fogline_exec
