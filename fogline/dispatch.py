@@ -98,12 +98,15 @@ class Dispatcher(Generic[R]):
             retry = self.settings.overload_retry_after_s
             raise OverloadedError(f"every endpoint holding {model!r} in {self.scope} has {limit} requests "
                                   f"outstanding (the limit); retry after {retry:g} s", retry_after_s=retry)
-        plan = self.settings.ejection.routable([e.breaker.health(e.id) for e in fresh])
-        routable = set(plan.ids)
-        left = [e for e in fresh if e.id in routable]
+        if all(e.breaker.closed for e in fresh):  # the common case: nothing to eject
+            left, forced = fresh, frozenset[str]()
+        else:
+            plan = self.settings.ejection.routable([e.breaker.health(e.id) for e in fresh])
+            routable = set(plan.ids)
+            left, forced = [e for e in fresh if e.id in routable], plan.forced
         while left:
             endpoint = self._pick(model, session, left)
-            permit = endpoint.breaker.allow(force=endpoint.id in plan.forced)
+            permit = endpoint.breaker.allow(force=endpoint.id in forced)
             if permit is not None:
                 return endpoint, permit
             left.remove(endpoint)

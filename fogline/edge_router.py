@@ -186,14 +186,14 @@ class EdgeRouter(Generic[R]):
             return DeviceState(healthy=0)
         endpoints = self.devices.pool.for_model(entry.device_model)
         limit = self.settings.device_queue_limit
-        usable = [e for e in endpoints if e.breaker.accepting]
+        usable = [e for e in endpoints if e.breaker.closed or e.breaker.accepting]
         if not usable and not self._cloud_may_help(entry):
             usable = endpoints  # every circuit is open and nothing else can serve: the dispatcher's limits decide
         return DeviceState(healthy=len(usable), overloaded=sum(e.outstanding >= limit for e in usable))
 
     def _cloud_may_help(self, entry: CatalogEntry) -> bool:
         model = entry.cloud_model
-        return bool(model) and any(e.breaker.accepting for e in self.cloud.pool.for_model(model))  # type: ignore[arg-type]
+        return bool(model) and any(e.breaker.closed or e.breaker.accepting for e in self.cloud.pool.for_model(model))  # type: ignore[arg-type]
 
     @property
     def uplink_up(self) -> bool:

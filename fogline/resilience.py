@@ -234,6 +234,12 @@ class CircuitBreaker:
         return self._state
 
     @property
+    def closed(self) -> bool:
+        """Closed now: the cheap check for the common case (a closed breaker changes state only on a
+        recorded outcome, never with time alone)."""
+        return self._state is BreakerState.CLOSED
+
+    @property
     def accepting(self) -> bool:
         """True if ``allow()`` would give a permit now; changes nothing else."""
         self._advance(self._clock())

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import pytest
 
 from fogline.client import Client
 from fogline.discovery import find_edges
+from fogline.launch import Launched, wait_ready
 from tests.consul_fixture import ConsulAgent, consul_agent, consul_standin  # noqa: F401  (fixtures)
 from tests.integration.loadgen import Load, make_inputs, poll
 from tests.processes import get_json
@@ -32,69 +33,48 @@ X = {"input": np.ones((1, 64), np.float32)}
 INPUTS = {"mlp": make_inputs("mlp", 8, seed=5)}
 
 
-class Script:
-    """A tier started by ``deploy/fogline-<tier>.sh <env file>``; the script execs fogline, so its
-    pid is the process's."""
-
-    def __init__(self, workdir: Path, tier: str, name: str, agent: ConsulAgent, settings: dict[str, str]) -> None:
-        self.name = name
-        self.ready = workdir / f"{name}.ready.json"
-        env_file = workdir / f"{name}.env"
-        values = {"FOGLINE_HOST": "127.0.0.1", "FOGLINE_GRPC_PORT": "0", "FOGLINE_HTTP_PORT": "0",
-                  "FOGLINE_CONTROL_PORT": "0", "FOGLINE_ID": name, "FOGLINE_READY_FILE": str(self.ready),
-                  "FOGLINE_DISCOVERY": "consul", "CONSUL_HTTP_ADDR": agent.address,
-                  "FOGLINE_CONSUL_CHECK_INTERVAL_S": str(agent.check_interval_s), **settings}
-        env_file.write_text("# written by the test\n" + "".join(f"{k}={v}\n" for k, v in values.items()))
-        env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"),
-               "FOGLINE_BIN": f"{sys.executable} -m fogline"}
-        if agent.token:
-            env["CONSUL_HTTP_TOKEN"] = agent.token
-        self.log = open(workdir / f"{name}.log", "wb")  # noqa: SIM115  (closed in stop)
-        self.process = subprocess.Popen(["bash", str(DEPLOY / f"fogline-{tier}.sh"), str(env_file)], env=env,
-                                        stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        self.endpoints: dict[str, Any] = {}
-
-    async def wait(self, timeout_s: float = 60.0) -> Script:
-        import json
-
-        def ready() -> bool:
-            if self.process.poll() is not None:
-                raise AssertionError(f"{self.name} exited with {self.process.returncode}:\n"
-                                     f"{Path(self.log.name).read_text()[-3000:]}")
-            return self.ready.is_file()
-
-        await poll(ready, timeout_s, f"{self.name} to start")
-        self.endpoints = json.loads(self.ready.read_text())
-        return self
-
-    @property
-    def grpc(self) -> str:
-        return str(self.endpoints["grpc"])
-
-    @property
-    def http(self) -> str:
-        return f"http://{self.endpoints['http']}"
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(10)
-        self.log.close()
+def launch_script(workdir: Path, tier: str, name: str, agent: ConsulAgent, settings: dict[str, str]) -> Launched:
+    """Start ``deploy/fogline-<tier>.sh <env file>`` with ``settings`` in the env file; the script execs
+    fogline, so the process is the tier's own."""
+    ready, log_file, env_file = (workdir / f"{name}{suffix}" for suffix in (".ready.json", ".log", ".env"))
+    values = {"FOGLINE_HOST": "127.0.0.1", "FOGLINE_GRPC_PORT": "0", "FOGLINE_HTTP_PORT": "0",
+              "FOGLINE_CONTROL_PORT": "0", "FOGLINE_ID": name, "FOGLINE_READY_FILE": str(ready),
+              "FOGLINE_DISCOVERY": "consul", "CONSUL_HTTP_ADDR": agent.address,
+              "FOGLINE_CONSUL_CHECK_INTERVAL_S": str(agent.check_interval_s), **settings}
+    env_file.write_text("# written by the test\n" + "".join(f"{k}={v}\n" for k, v in values.items()))
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"),
+           "FOGLINE_BIN": f"{sys.executable} -m fogline"}
+    if agent.token:
+        env["CONSUL_HTTP_TOKEN"] = agent.token
+    with open(log_file, "wb") as log:
+        process = subprocess.Popen(["bash", str(DEPLOY / f"fogline-{tier}.sh"), str(env_file)], env=env,
+                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    return Launched(name, process, log_file, ready)
 
 
 @pytest.fixture
-async def scripts(tmp_path: Path) -> AsyncIterator[list[Script]]:
-    started: list[Script] = []
+def scripts(tmp_path: Path) -> Iterator[list[Launched]]:
+    started: list[Launched] = []
     yield started
-    for script in started:
-        script.stop()
+    for launched in started:
+        if launched.process.poll() is None:
+            launched.process.kill()
+        launched.process.wait(10)
 
 
-async def start(started: list[Script], workdir: Path, tier: str, name: str, agent: ConsulAgent,
-                **settings: Any) -> Script:
-    script = Script(workdir, tier, name, agent, {k: str(v) for k, v in settings.items()})
-    started.append(script)
-    return await script.wait()
+def spawn(started: list[Launched], workdir: Path, tier: str, name: str, agent: ConsulAgent,
+          **settings: Any) -> Launched:
+    launched = launch_script(workdir, tier, name, agent, {k: str(v) for k, v in settings.items()})
+    started.append(launched)
+    return launched
+
+
+async def start(started: list[Launched], workdir: Path, tier: str, name: str, agent: ConsulAgent,
+                **settings: Any) -> Launched:
+    """Spawn and wait until it serves (off the event loop: the stand-in agent runs on it)."""
+    launched = spawn(started, workdir, tier, name, agent, **settings)
+    await asyncio.to_thread(wait_ready, launched)
+    return launched
 
 
 async def kv_put(agent: ConsulAgent, key: str, value: str) -> None:
@@ -105,15 +85,14 @@ async def kv_put(agent: ConsulAgent, key: str, value: str) -> None:
 
 
 async def test_every_tier_starts_from_its_script_and_finds_its_peers_in_consul(
-        tmp_path: Path, sample_models: Path, consul_agent: ConsulAgent, scripts: list[Script]) -> None:  # noqa: F811
+        tmp_path: Path, sample_models: Path, consul_agent: ConsulAgent, scripts: list[Launched]) -> None:  # noqa: F811
     agent = consul_agent
     cloud = await start(scripts, tmp_path, "cloud", "cloud-1", agent)
-    worker = Script(tmp_path, "worker", "worker-1", agent, {"FOGLINE_MODELS": str(sample_models),
-                                                            "FOGLINE_MODEL_NAMES": "mlp"})
-    scripts.append(worker)
+    worker = spawn(scripts, tmp_path, "worker", "worker-1", agent, FOGLINE_MODELS=sample_models,
+                   FOGLINE_MODEL_NAMES="mlp")
     edge = await start(scripts, tmp_path, "edge", "edge-a", agent, FOGLINE_REGION="a")
     await start(scripts, tmp_path, "device", "dev-1", agent, FOGLINE_REGION="a", FOGLINE_MODELS=sample_models)
-    await worker.wait()
+    await asyncio.to_thread(wait_ready, worker)
 
     def edge_sees(devices: set[str], workers: set[str]) -> bool:
         body = get_json(f"{edge.http}/v1/status")
@@ -135,8 +114,7 @@ async def test_every_tier_starts_from_its_script_and_finds_its_peers_in_consul(
         load = Load(client, INPUTS, concurrency=4, max_requests=100_000, max_seconds=60).start()
         # A new device, started by its script, gets traffic within 5 s of the start.
         launched = time.monotonic()
-        scripts.append(Script(tmp_path, "device", "dev-2", agent,
-                              {"FOGLINE_REGION": "a", "FOGLINE_MODELS": str(sample_models)}))
+        spawn(scripts, tmp_path, "device", "dev-2", agent, FOGLINE_REGION="a", FOGLINE_MODELS=sample_models)
         await load.wait_until(lambda lo: lo.by_node(since=launched)["dev-2"] > 0, 10, "dev-2 to get traffic")
         assert time.monotonic() - launched < 5.0
 
@@ -172,7 +150,7 @@ async def test_every_tier_starts_from_its_script_and_finds_its_peers_in_consul(
 
 
 async def test_traffic_survives_a_consul_outage_and_a_device_added_after_it_is_found(
-        tmp_path: Path, sample_models: Path, consul_standin: ConsulAgent, scripts: list[Script]) -> None:  # noqa: F811
+        tmp_path: Path, sample_models: Path, consul_standin: ConsulAgent, scripts: list[Launched]) -> None:  # noqa: F811
     agent = consul_standin
     assert agent.standin is not None
     edge = await start(scripts, tmp_path, "edge", "edge-a", agent, FOGLINE_REGION="a")
@@ -189,8 +167,7 @@ async def test_traffic_survives_a_consul_outage_and_a_device_added_after_it_is_f
         assert time.monotonic() - stopped > 0
         await agent.standin.start()
         added = time.monotonic()
-        scripts.append(Script(tmp_path, "device", "dev-2", agent,
-                              {"FOGLINE_REGION": "a", "FOGLINE_MODELS": str(sample_models)}))
+        spawn(scripts, tmp_path, "device", "dev-2", agent, FOGLINE_REGION="a", FOGLINE_MODELS=sample_models)
         await load.wait_until(lambda lo: lo.by_node(since=added)["dev-2"] > 0, 20, "dev-2 to get traffic")
         await load.finish()
     assert not load.failures(), load.failures()[:5]
