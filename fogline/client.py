@@ -111,7 +111,17 @@ class Client:
         self._options = channel_options(max_message_bytes)
         self._stubs: dict[str, pb_grpc.GRPCInferenceServiceStub] = {}
         self._channels: list[grpc.aio.Channel] = []
-        self.breakers = {e: CircuitBreaker(breaker or CLIENT_BREAKER) for e in self.endpoints}
+        self._breaker_settings = breaker or CLIENT_BREAKER
+        self.breakers = {e: CircuitBreaker(self._breaker_settings) for e in self.endpoints}
+
+    def set_endpoints(self, endpoints: Sequence[str]) -> None:
+        """Replace the endpoints (in order of preference), e.g. as discovery reports them; known ones
+        keep their breakers. Ignored if empty: the last known endpoints are better than none."""
+        endpoints = list(dict.fromkeys(endpoints))
+        if not endpoints:
+            return
+        self.breakers = {e: self.breakers.get(e) or CircuitBreaker(self._breaker_settings) for e in endpoints}
+        self.endpoints = endpoints
 
     def _stub(self, endpoint: str) -> pb_grpc.GRPCInferenceServiceStub:
         stub = self._stubs.get(endpoint)
