@@ -1,6 +1,5 @@
 """The V2 backends of the masters: route each request to an upstream and forward it as received.
 
-- :class:`ForwardingBackend`: over one dispatcher (a pool of device nodes, or of edge masters).
 - :class:`EdgeBackend`: an edge master's, over :class:`fogline.edge_router.EdgeRouter` (devices of
   its region, GPU workers in the cloud).
 - :class:`RegionalBackend`: the cloud master's global entry point, to the edge master of a region.
@@ -15,7 +14,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from fogline._proto import inference_pb2 as pb
-from fogline.dispatch import Dispatcher, RegionalDispatch
+from fogline.dispatch import RegionalDispatch
 from fogline.edge_router import EdgeRouter, Routed
 from fogline.errors import FoglineError, InternalError, InvalidInputError, ModelNotFoundError, UnavailableError
 from fogline.grpc.codec import decode_raw, decode_typed, set_parameters
@@ -30,7 +29,6 @@ from fogline.types import (
     PARAM_ROUTE,
     PARAM_SESSION,
     PARAM_TIER,
-    ROUTE_PLACEMENT,
     TIER_AUTO,
     TIER_CLOUD,
 )
@@ -39,75 +37,29 @@ METADATA_TIMEOUT_S = 5.0
 T = TypeVar("T")
 
 
-class ForwardingBackend(V2Backend):
-    """Serves V2 by dispatching over a pool of :class:`GrpcUpstream` s.
+Holders = list[tuple[str, GrpcUpstream]]
+"""Upstreams that can describe a model, in the order to ask them, each with the name it knows it by."""
 
-    The response bytes of the upstream are returned untouched with the routing parameters
-    appended: protobuf merges a repeated/map field across concatenated encodings, so
-    ``response + encoded(parameters)`` is the response with those parameters added.
-    """
 
-    def __init__(self, dispatcher: Dispatcher[bytes], *, name: str, tier: str,
-                 ready: Callable[[], bool]) -> None:
-        self.dispatcher = dispatcher
-        self.name = name
-        self.tier = tier
-        self._ready = ready
-        self._suffixes: dict[tuple[str, str, int], bytes] = {}
-
-    def ready(self) -> bool:
-        return self._ready()
-
-    def known_model(self, name: str) -> bool:
-        return bool(self.dispatcher.pool.for_model(name))
-
-    async def infer(self, data: bytes, request: pb.ModelInferRequest, deadline: float | None) -> bytes:
-        params = request.parameters
-        session = params[PARAM_SESSION].string_param if PARAM_SESSION in params else None
-        done = await self.dispatcher.infer(request.model_name, data, session=session, deadline=deadline)
-        # The caller's id goes back in (an upstream stream re-tags requests), then the routing tags.
-        return done.response + length_delimited(3, request.id.encode()) + self._suffix(
-            done.endpoint, ROUTE_PLACEMENT, done.attempts)
-
-    def _suffix(self, node: str, route: str, attempts: int) -> bytes:
-        key = (node, route, attempts)
-        suffix = self._suffixes.get(key)
-        if suffix is None:
-            msg = pb.ModelInferResponse()
-            set_parameters(msg.parameters, {PARAM_TIER: self.tier, PARAM_NODE: node, PARAM_ROUTE: route,
-                                            PARAM_ATTEMPTS: attempts})
-            suffix = msg.SerializeToString()
-            if len(self._suffixes) < 4096:
-                self._suffixes[key] = suffix
-        return suffix
-
-    async def _ask(self, name: str, call: Callable[[GrpcUpstream], Awaitable[T]]) -> T:
-        """Ask the endpoints holding ``name`` in turn until one answers."""
-        endpoints = self.dispatcher.pool.for_model(name)
-        if not endpoints:
-            raise ModelNotFoundError(
-                f"model {name!r} is not served in {self.dispatcher.scope}; "
-                f"available: {self.dispatcher.pool.models()}")
-        last: FoglineError | None = None
-        for endpoint in sorted(endpoints, key=lambda e: e.load()):
-            try:
-                return await call(endpoint.upstream)  # type: ignore[arg-type]
-            except FoglineError as err:
-                last = err
-                if not isinstance(err, UnavailableError):
-                    raise
-        raise UnavailableError(f"no endpoint holding {name!r} answered: {last}")
-
-    async def model_metadata(self, name: str, version: str) -> pb.ModelMetadataResponse:
-        return await self._ask(name, lambda u: u.model_metadata(name, version, METADATA_TIMEOUT_S))
-
-    async def model_ready(self, name: str, version: str) -> bool:
-        if not self.dispatcher.pool.for_model(name):
-            return False
+async def _first_answer(holders: Holders, call: Callable[[GrpcUpstream, str], Awaitable[T]], name: str) -> T:
+    """Ask ``holders`` in turn until one answers; an UNAVAILABLE one is passed over, other errors are final."""
+    last: FoglineError = UnavailableError("none is connected")
+    for model, upstream in holders:
         try:
-            return await self._ask(name, lambda u: u.model_ready(name, version, METADATA_TIMEOUT_S))
+            return await call(upstream, model)
+        except UnavailableError as err:
+            last = err
+    raise UnavailableError(f"no endpoint holding {name!r} answered: {last}")
+
+
+async def _any_ready(holders: Holders, version: str) -> bool:
+    for model, upstream in holders:
+        try:
+            if await upstream.model_ready(model, version, METADATA_TIMEOUT_S):
+                return True
         except FoglineError:
-            return False
+            continue
+    return False
 
 
 class V2Wire:
@@ -183,11 +135,11 @@ class EdgeBackend(V2Backend):
                 self._tags[key] = tag
         return tag
 
-    def _holders(self, name: str) -> list[tuple[str, GrpcUpstream]]:
+    def _holders(self, name: str) -> Holders:
         """The upstreams that can describe ``name`` (devices first, least loaded first), each with the
         name it knows the model by: the catalog entry's device model on a device, cloud model on a worker."""
         entry = self.router.entry(name)
-        found: list[tuple[str, GrpcUpstream]] = []
+        found: Holders = []
         for tier in entry.tiers:
             model = entry.model_on(tier)
             dispatcher = self.router.cloud if tier == TIER_CLOUD else self.router.devices
@@ -196,43 +148,38 @@ class EdgeBackend(V2Backend):
         return found
 
     async def model_metadata(self, name: str, version: str) -> pb.ModelMetadataResponse:
-        last: FoglineError = UnavailableError("none is connected")
-        for model, upstream in self._holders(name):
-            try:
-                reply = await upstream.model_metadata(model, version, METADATA_TIMEOUT_S)
-            except UnavailableError as err:
-                last = err
-                continue
-            reply.name = name
-            return reply
-        raise UnavailableError(f"no device node or GPU worker holding {name!r} answered: {last}")
+        reply = await _first_answer(self._holders(name),
+                                    lambda u, model: u.model_metadata(model, version, METADATA_TIMEOUT_S), name)
+        reply.name = name  # a catalog name: described as the model it stands for
+        return reply
 
     async def model_ready(self, name: str, version: str) -> bool:
         try:
-            holders = self._holders(name)
-        except ModelNotFoundError:
+            return await _any_ready(self._holders(name), version)
+        except (ModelNotFoundError, UnavailableError):
             return False
-        for model, upstream in holders:
-            try:
-                if await upstream.model_ready(model, version, METADATA_TIMEOUT_S):
-                    return True
-            except FoglineError:
-                continue
-        return False
 
 
-class RegionalBackend(ForwardingBackend):
+class RegionalBackend(V2Backend):
     """The cloud master's V2 entry point: forwards to an edge master, of the region named by the
     request's ``fogline.region`` if any, else of any region holding the model.
 
     The edge's answer already says where it ran (``fogline.tier``/``node``/``route``): those are
-    kept, and only ``fogline.region`` is added.
+    kept, and only ``fogline.region`` is added, by appending its encoding (protobuf merges map
+    fields across concatenated messages).
     """
 
     def __init__(self, routing: RegionalDispatch[bytes], *, name: str, ready: Callable[[], bool]) -> None:
-        super().__init__(routing.any, name=name, tier="", ready=ready)
         self.routing = routing
+        self.name = name
+        self._ready = ready
         self._region_tags: dict[str, bytes] = {}
+
+    def ready(self) -> bool:
+        return self._ready()
+
+    def known_model(self, name: str) -> bool:
+        return bool(self.routing.any.pool.for_model(name))
 
     async def infer(self, data: bytes, request: pb.ModelInferRequest, deadline: float | None) -> bytes:
         params = request.parameters
@@ -242,6 +189,7 @@ class RegionalBackend(ForwardingBackend):
         done = await dispatcher.infer(request.model_name, data, session=session, deadline=deadline)
         endpoint = dispatcher.pool.endpoints.get(done.endpoint)
         served_in = endpoint.state.member.region if endpoint is not None else region or ""
+        # The caller's id goes back in (an upstream stream re-tags requests), then the region.
         return done.response + length_delimited(3, request.id.encode()) + self._region_tag(served_in)
 
     def _region_tag(self, region: str) -> bytes:
@@ -251,3 +199,21 @@ class RegionalBackend(ForwardingBackend):
             set_parameters(msg.parameters, {PARAM_REGION: region})
             tag = self._region_tags[region] = msg.SerializeToString()
         return tag
+
+    def _holders(self, name: str) -> Holders:
+        """The edge masters holding ``name``, least loaded first; NOT_FOUND naming what is served."""
+        pool = self.routing.any.pool
+        endpoints = pool.for_model(name)
+        if not endpoints:
+            raise ModelNotFoundError(f"model {name!r} is not served in any region; available: {pool.models()}")
+        return [(name, e.upstream) for e in sorted(endpoints, key=lambda e: e.load())]  # type: ignore[misc]
+
+    async def model_metadata(self, name: str, version: str) -> pb.ModelMetadataResponse:
+        return await _first_answer(self._holders(name),
+                                   lambda u, model: u.model_metadata(model, version, METADATA_TIMEOUT_S), name)
+
+    async def model_ready(self, name: str, version: str) -> bool:
+        try:
+            return await _any_ready(self._holders(name), version)
+        except ModelNotFoundError:
+            return False
