@@ -76,7 +76,7 @@ class CloudMaster(Master):
                          connect=self._connect, breaker=settings.breaker)
         self.settings = settings
         self.routing: RegionalDispatch[bytes] = RegionalDispatch(
-            self.pool, settings.dispatch, on_attempt=self._count_attempt)  # type: ignore[arg-type]
+            self.pool, settings.dispatch, on_attempt=self.metrics.count_attempt)  # type: ignore[arg-type]
         self.registry.watch(self.routing.sync)  # after the pool's own watcher: it reads the synced pool
         self.file_catalog = load_catalog(settings.catalog) if settings.catalog else Catalog()
         self.publisher = TopologyPublisher(self.registry, self.file_catalog, refresh_s=settings.topology_refresh_s)

@@ -75,12 +75,12 @@ class EdgeMaster(Master):
         self.dispatcher: Dispatcher[bytes] = Dispatcher(
             self.pool, f"region {settings.region!r}",  # type: ignore[arg-type]
             replace(settings.dispatch, max_outstanding=settings.routing.device_queue_limit),
-            on_attempt=self._count_attempt)
+            on_attempt=self.metrics.count_attempt)
         self.workers: EndpointPool[GrpcUpstream] = EndpointPool(
             self._connect, self._disconnect, make_breaker=lambda: CircuitBreaker(settings.breaker))
         self._pools.append(self.workers)
         cloud: Dispatcher[bytes] = Dispatcher(self.workers, "the cloud tier", settings.dispatch,  # type: ignore[arg-type]
-                                              on_attempt=self._count_attempt)
+                                              on_attempt=self.metrics.count_attempt)
         self.router = EdgeRouter(self.dispatcher, cloud, V2Wire(), settings=settings.routing)
         self.membership: MembershipLoop | None = None
         self.topology: TopologyFollower | None = None
@@ -123,7 +123,7 @@ class EdgeMaster(Master):
         self.dispatcher.settings = replace(self.dispatcher.settings, max_outstanding=routing.device_queue_limit)
 
     def _count_route(self, routed: Routed[bytes]) -> None:
-        self.metrics.routes.labels(routed.tier, routed.route).inc()
+        self.metrics.count_route(routed.tier, routed.route)
 
     def _gauges(self) -> list[GaugeSample]:
         samples: list[GaugeSample] = [

@@ -70,11 +70,6 @@ class Master:
                  {"endpoint": e.id}, _STATE_VALUE[e.breaker.state])
                 for pool in self._pools for e in pool.endpoints.values()]
 
-    def _count_attempt(self, endpoint: str, code: str) -> None:
-        self.metrics.upstream.labels(endpoint, code).inc()
-        if code != "OK":
-            self.metrics.retries.inc()
-
     async def _serve(self, backend: V2Backend, control: ControlServicer, *, host: str, advertise_host: str | None,
                      grpc_port: int, control_port: int, http_port: int,
                      routes: Mapping[str, Callable[[], Awaitable[Any]]] | None = None) -> dict[str, str]:

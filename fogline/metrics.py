@@ -37,6 +37,8 @@ class Metrics:
                                registry=self.registry)
         self.routes = Counter("fogline_routes", "Requests an edge master answered, by where they ran and why",
                               ["tier", "route"], registry=self.registry)
+        self._routes: dict[tuple[str, ...], Counter] = {}
+        self._attempts: dict[tuple[str, ...], Counter] = {}
 
     def observe(self, model: str, code: str, seconds: float) -> None:
         counter = self._counters.get((model, code))
@@ -48,6 +50,16 @@ class Metrics:
             if histogram is None:
                 histogram = self._latencies[model] = self.latency.labels(model)
             histogram.observe(seconds)
+
+    def count_route(self, tier: str, route: str) -> None:
+        """One request an edge master answered on ``tier`` for ``route``."""
+        _child(self.routes, self._routes, tier, route).inc()
+
+    def count_attempt(self, endpoint: str, code: str) -> None:
+        """One attempt at an upstream endpoint and its result code; non-OK ones are retried elsewhere."""
+        _child(self.upstream, self._attempts, endpoint, code).inc()
+        if code != "OK":
+            self.retries.inc()
 
     def batch_observer(self, model: str) -> Callable[[int, int, float], None]:
         size, duration = self.batch_size.labels(model), self.batch_duration.labels(model)
@@ -65,6 +77,14 @@ class Metrics:
     def add_counters(self, read: Callable[[], Iterable[GaugeSample]]) -> None:
         """Register counters (monotonic totals kept elsewhere, e.g. by breakers) read at scrape time."""
         self.registry.register(_ReadCollector(read, CounterMetricFamily))
+
+
+def _child(counter: Counter, cache: dict[tuple[str, ...], Counter], *labels: str) -> Counter:
+    """The labelled child of ``counter``, looked up once (``labels()`` takes a lock and builds a key)."""
+    child = cache.get(labels)
+    if child is None:
+        child = cache[labels] = counter.labels(*labels)
+    return child
 
 
 class _ReadCollector(Collector):
