@@ -13,17 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from fogline.catalog import Catalog, describe, load_catalog
-from fogline.discovery import ConsulDiscovery, ConsulFollower, LiveConfig
-from fogline.dispatch import DispatchSettings, RegionalDispatch
+from fogline.discovery import ConsulFollower, LiveConfig
+from fogline.dispatch import RegionalDispatch
 from fogline.grpc.control import ControlServicer
 from fogline.grpc.forward import RegionalBackend
-from fogline.grpc.server import DEFAULT_MAX_MESSAGE_BYTES
 from fogline.grpc.upstream import GrpcUpstream, StreamUpstream
 from fogline.http.peers import fetch_statuses
-from fogline.master import Master
+from fogline.master import Master, MasterSettings
 from fogline.membership import MembershipLoop
 from fogline.registry import Load, Member, MemberState
-from fogline.resilience import BreakerSettings
 from fogline.topology import TopologyPublisher
 
 log = logging.getLogger(__name__)
@@ -32,48 +30,24 @@ SERVICES = frozenset({"edge", "worker"})
 
 
 @dataclass(kw_only=True)
-class CloudSettings:
+class CloudSettings(MasterSettings):
+    """The cloud master's settings: its children are the edge masters and GPU workers. Its gRPC port
+    is the global V2 entry point; its REST port adds /v1/topology."""
+
     cloud_id: str = field(default_factory=lambda: f"cloud-{socket.gethostname()}")
     """Identity in status and topology."""
-    host: str = "127.0.0.1"
-    """Interface to listen on."""
-    advertise_host: str | None = None
-    """Address peers use to reach this process (default: host)."""
-    grpc_port: int = 0
-    """Global V2 inference port (clients); 0 = any free port."""
-    control_port: int = 0
-    """fogline.control.v1 port (edge masters, GPU workers); a server of its own so inference cannot starve it."""
-    http_port: int = 0
-    """REST status and topology port; 0 = any free port."""
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    """Largest request or response accepted; larger ones get RESOURCE_EXHAUSTED."""
-    heartbeat_interval_s: float = 1.0
-    """How often edge masters and workers report (their load and models)."""
-    member_ttl_s: float = 3.0
-    """An edge master or worker silent this long is dropped from routing and topology."""
     peer_status_timeout_s: float = 1.0
     """How long /v1/topology waits for each member's own status."""
-    dispatch: DispatchSettings = field(default_factory=DispatchSettings)
-    """Retries and deadlines of requests forwarded to edge masters."""
-    drain_grace_s: float = 10.0
-    """On SIGTERM, how long in-flight requests may take to finish."""
-    breaker: BreakerSettings = field(default_factory=BreakerSettings)
-    """When the circuit of an edge master opens, for how long, and how it closes."""
     catalog: Path | None = None
-    """The model catalog (TOML, see ``fogline.catalog``); None: every model runs where it is held."""
-    consul: ConsulDiscovery | None = None
-    """Find edge masters and GPU workers in Consul (and register there) instead of taking their
-    registrations on the control plane; a catalog in Consul KV then overrides ``catalog``."""
+    """The model catalog (TOML, see ``fogline.catalog``); None: every model runs where it is held.
+    With ``consul``, a catalog in Consul KV overrides it."""
     topology_refresh_s: float = 2.0
     """Edge masters get the workers and catalog on every change and at least this often."""
 
 
 class CloudMaster(Master):
     def __init__(self, settings: CloudSettings) -> None:
-        super().__init__(tier="cloud", pooled_service="edge", member_ttl_s=settings.member_ttl_s,
-                         heartbeat_interval_s=settings.heartbeat_interval_s,
-                         max_message_bytes=settings.max_message_bytes, drain_grace_s=settings.drain_grace_s,
-                         connect=self._connect, breaker=settings.breaker)
+        super().__init__(settings, tier="cloud", pooled_service="edge", connect=self._connect)
         self.settings = settings
         self.routing: RegionalDispatch[bytes] = RegionalDispatch(
             self.pool, settings.dispatch, on_attempt=self.metrics.count_attempt)  # type: ignore[arg-type]
@@ -93,9 +67,7 @@ class CloudMaster(Master):
         backend = RegionalBackend(self.routing, name="fogline-cloud", ready=lambda: bool(self.pool.endpoints))
         control = ControlServicer(self.registry, region="", services=SERVICES,  # "": members of every region
                                   topology=self.publisher)
-        addresses = await self._serve(backend, control, host=s.host, advertise_host=s.advertise_host,
-                                      grpc_port=s.grpc_port, control_port=s.control_port, http_port=s.http_port,
-                                      routes={"/v1/topology": self.topology})
+        addresses = await self._serve(backend, control, routes={"/v1/topology": self.topology})
         self.endpoints = {"id": s.cloud_id, **addresses}
         if s.consul is not None:
             self.membership = MembershipLoop(s.consul.control_plane(), self._member, Load)

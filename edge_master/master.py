@@ -13,18 +13,17 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fogline.catalog import Catalog
-from fogline.discovery import ConsulDiscovery, ConsulFollower, LiveConfig
-from fogline.dispatch import Dispatcher, DispatchSettings
+from fogline.discovery import ConsulFollower, LiveConfig
+from fogline.dispatch import Dispatcher
 from fogline.edge_router import EdgeRouter, EdgeRoutingSettings, Routed
 from fogline.grpc.control import ControlServicer, GrpcControlClient
 from fogline.grpc.forward import EdgeBackend, V2Wire
-from fogline.grpc.server import DEFAULT_MAX_MESSAGE_BYTES
 from fogline.grpc.upstream import GrpcUpstream, StreamUpstream
-from fogline.master import Master
+from fogline.master import Master, MasterSettings
 from fogline.membership import MembershipLoop
 from fogline.metrics import GaugeSample
 from fogline.registry import Load, Member, MemberState
-from fogline.resilience import BreakerSettings, CircuitBreaker
+from fogline.resilience import CircuitBreaker
 from fogline.routing import EndpointPool
 from fogline.topology import TopologyFollower, TopologySnapshot, worker_states
 
@@ -32,45 +31,26 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True)
-class EdgeSettings:
+class EdgeSettings(MasterSettings):
+    """An edge master's settings: its children are the device nodes of its region."""
+
     edge_id: str = field(default_factory=lambda: f"edge-{socket.gethostname()}")
     region: str = "default"
-    host: str = "127.0.0.1"
-    advertise_host: str | None = None
-    grpc_port: int = 0
-    """V2 inference port (clients)."""
-    control_port: int = 0
-    """fogline.control.v1 port (device nodes); a server of its own so inference cannot starve it."""
-    http_port: int = 0
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    heartbeat_interval_s: float = 1.0
-    """How often device nodes report."""
-    member_ttl_s: float = 3.0
-    """A device silent this long is dropped from routing."""
-    dispatch: DispatchSettings = field(default_factory=DispatchSettings)
     upstream_streams: bool = True
     """Multiplex requests to each device over one ModelStreamInfer stream (about half the CPU of a
     unary call per request); False sends each request as its own ModelInfer call."""
-    drain_grace_s: float = 10.0
     cloud: str | None = None
     """host:port of the cloud master's control plane; None runs without one (and without GPU workers).
     The edge keeps serving its region, and escalating to the workers it last heard of, while the
-    cloud master is unreachable."""
+    cloud master is unreachable. Not used with ``consul``: devices, workers, catalog and policy then
+    come from Consul."""
     routing: EdgeRoutingSettings = field(default_factory=EdgeRoutingSettings)
     """Overflow threshold and how long a cascade waits for the cloud."""
-    consul: ConsulDiscovery | None = None
-    """Find device nodes and GPU workers in Consul, register there, and take the catalog and policy
-    from Consul KV, instead of the embedded registry and the cloud master's topology."""
-    breaker: BreakerSettings = field(default_factory=BreakerSettings)
-    """When the circuit of a device node or GPU worker opens, for how long, and how it closes."""
 
 
 class EdgeMaster(Master):
     def __init__(self, settings: EdgeSettings) -> None:
-        super().__init__(tier="edge", pooled_service="device", member_ttl_s=settings.member_ttl_s,
-                         heartbeat_interval_s=settings.heartbeat_interval_s,
-                         max_message_bytes=settings.max_message_bytes, drain_grace_s=settings.drain_grace_s,
-                         connect=self._connect, breaker=settings.breaker)
+        super().__init__(settings, tier="edge", pooled_service="device", connect=self._connect)
         self.settings = settings
         self.dispatcher: Dispatcher[bytes] = Dispatcher(
             self.pool, f"region {settings.region!r}",  # type: ignore[arg-type]
@@ -145,8 +125,7 @@ class EdgeMaster(Master):
         backend = EdgeBackend(self.router, name="fogline-edge", ready=lambda: bool(self.pool.endpoints),
                               on_routed=self._count_route)
         control = ControlServicer(self.registry, region=s.region, services=frozenset({"device"}))
-        addresses = await self._serve(backend, control, host=s.host, advertise_host=s.advertise_host,
-                                      grpc_port=s.grpc_port, control_port=s.control_port, http_port=s.http_port)
+        addresses = await self._serve(backend, control)
         self.endpoints = {"id": s.edge_id, "region": s.region, **addresses}
         if s.consul is not None:
             self.membership = MembershipLoop(s.consul.control_plane(), self._member, self._load)
