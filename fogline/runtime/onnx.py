@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from fogline.datatypes import from_onnx_type
+from fogline.errors import InvalidInputError
 from fogline.repository import ConfigError, ModelConfig
 from fogline.types import ModelSpec, TensorSpec
 
@@ -76,15 +77,43 @@ class OnnxRuntimeModel:
 
 def _merge(declared: tuple[TensorSpec, ...] | None, actual: list[Any], config: ModelConfig,
            what: str) -> tuple[TensorSpec, ...]:
-    from_file = tuple(
-        TensorSpec(t.name, from_onnx_type(t.type), tuple(d if isinstance(d, int) else -1 for d in t.shape))
-        for t in actual
-    )
+    """The tensors config.toml declares, checked against the model file's; the file's when it declares none."""
+    from_file = tuple(_file_tensor(t, config) for t in actual)
     if declared is None:
         return from_file
     if [t.name for t in declared] != [t.name for t in from_file]:
         raise ConfigError(
-            f"model {config.name!r}: config.toml declares {what} {[t.name for t in declared]}, "
-            f"the model file has {[t.name for t in from_file]}"
+            f"{config.config_file}: declares {what} {[t.name for t in declared]}, "
+            f"the model file {config.path} has {[t.name for t in from_file]}"
         )
+    for want, have in zip(declared, from_file, strict=True):
+        if not _fits(want, have):
+            raise ConfigError(
+                f"{config.config_file}: {what} {want.name!r} is declared {_describe(want)}, but the model file "
+                f"{config.path} has {_describe(have)}; declare its datatype, rank and fixed dimensions "
+                "(-1 only where the file's dimension is free)"
+            )
     return declared
+
+
+def _file_tensor(arg: Any, config: ModelConfig) -> TensorSpec:
+    """An ONNX Runtime ``NodeArg`` as a TensorSpec; -1 for a free (symbolic or unknown) dimension."""
+    try:
+        datatype = from_onnx_type(arg.type)
+    except InvalidInputError as exc:
+        raise ConfigError(f"{config.path}: tensor {arg.name!r}: {exc}") from None
+    return TensorSpec(arg.name, datatype, tuple(d if isinstance(d, int) and d >= 0 else -1 for d in arg.shape))
+
+
+def _fits(declared: TensorSpec, actual: TensorSpec) -> bool:
+    """Same datatype and rank, and every dimension the file fixes declared the same."""
+    if declared.datatype != actual.datatype:
+        return False
+    if not actual.shape:
+        return True  # NOTE: ONNX Runtime reports a tensor of unknown shape as rank 0: nothing to compare
+    return len(declared.shape) == len(actual.shape) and all(
+        have == -1 or want == have for want, have in zip(declared.shape, actual.shape, strict=True))
+
+
+def _describe(tensor: TensorSpec) -> str:
+    return f"{tensor.datatype} {list(tensor.shape)}"

@@ -80,6 +80,7 @@ class TorchModel:
             self._module = torch.jit.load(str(config.path), map_location=self.device).eval()
         except (RuntimeError, ValueError) as exc:
             raise ConfigError(f"{config.path}: not a TorchScript file torch.jit.load can read: {exc}") from None
+        _check_arguments(self._module, config)
         self.providers = [describe_device(self.device)]
         self.spec = ModelSpec(name=config.name, version=config.version, platform="pytorch_libtorch",
                               inputs=config.inputs, outputs=config.outputs, max_batch_size=config.max_batch_size)
@@ -135,6 +136,19 @@ class TorchModel:
             raise InternalError(f"model {self.spec.name!r} returned {_describe(values)}; "
                                 f"config.toml declares the outputs {names}")
         return dict(zip(names, values, strict=True))  # type: ignore[arg-type]
+
+
+def _check_arguments(module: torch.jit.ScriptModule, config: ModelConfig) -> None:
+    """ConfigError unless ``forward`` takes as many positional arguments as config.toml declares inputs."""
+    schema = getattr(module.forward, "schema", None)
+    if schema is None:
+        return  # NOTE: not a scripted method (an unusual module): warm-up and requests will tell
+    arguments = schema.arguments[1:]  # after self
+    required = sum(1 for a in arguments if not a.has_default_value())
+    declared = [t.name for t in config.inputs or ()]
+    if not required <= len(declared) <= len(arguments):
+        raise ConfigError(f"{config.config_file}: declares {len(declared)} inputs {declared}, but forward() of "
+                          f"{config.path} takes {[a.name for a in arguments]} ({required} required)")
 
 
 def _describe(values: list[object]) -> str:

@@ -113,6 +113,19 @@ def test_a_signature_that_does_not_fit_the_module_fails_at_load(tmp_path: Path) 
         TorchModel(load_model(model_dir))
 
 
+@pytest.mark.parametrize(("module", "inputs", "message"), [
+    (Classifier(), TWO_HEADS_INPUTS, r"declares 2 inputs \['a', 'b'\], but forward\(\) of .*model\.pt takes \['x'\] "
+                                     r"\(1 required\)"),
+    (TwoHeads(), CLASSIFIER_INPUTS, r"declares 1 inputs \['x'\], but forward\(\) of .*model\.pt takes \['a', 'b'\]"),
+])
+def test_declared_inputs_that_are_not_the_module_s_arguments_are_refused_at_load(
+        tmp_path: Path, module: torch.nn.Module, inputs: list, message: str) -> None:
+    model_dir = save(tmp_path, "m", torch.jit.script(module), config_toml(inputs, CLASSIFIER_OUTPUTS))
+    with pytest.raises(ConfigError, match=message) as info:
+        TorchModel(load_model(model_dir), device="cpu")
+    assert str(info.value).startswith(f"{model_dir / 'config.toml'}: ")
+
+
 def test_a_file_that_is_not_torchscript_is_a_config_error(tmp_path: Path) -> None:
     model_dir = classifier_repository(tmp_path) / "classifier"
     (model_dir / "1" / "model.pt").write_bytes(b"not a zip archive")
