@@ -61,7 +61,8 @@ class EdgeMaster(Master):
         self._pools.append(self.workers)
         cloud: Dispatcher[bytes] = Dispatcher(self.workers, "the cloud tier", settings.dispatch,  # type: ignore[arg-type]
                                               on_attempt=self.metrics.count_attempt)
-        self.router = EdgeRouter(self.dispatcher, cloud, V2Wire(), settings=settings.routing)
+        self.router = EdgeRouter(self.dispatcher, cloud, V2Wire(max_message_bytes=settings.max_message_bytes),
+                                 settings=settings.routing)
         self.membership: MembershipLoop | None = None
         self.topology: TopologyFollower | None = None
         self.consul: ConsulFollower | None = None

@@ -21,7 +21,7 @@ import numpy as np
 
 from fogline._proto import inference_pb2 as pb
 from fogline._proto import inference_pb2_grpc as pb_grpc
-from fogline.errors import DeadlineExceededError, ErrorCode, FoglineError, UnavailableError
+from fogline.errors import DeadlineExceededError, ErrorCode, FoglineError, PayloadTooLargeError, UnavailableError
 from fogline.grpc.codec import decode_outputs, decode_parameters, encode_request
 from fogline.grpc.server import DEFAULT_MAX_MESSAGE_BYTES, channel_options
 from fogline.grpc.status import from_rpc_error
@@ -167,8 +167,8 @@ class Client:
             result = await call(self._stub(endpoint), self.attempt_timeout_s if ours else remaining)  # type: ignore[arg-type]
         except grpc.aio.AioRpcError as exc:
             err = from_rpc_error(exc, peer=endpoint)
-            if err.code is ErrorCode.DEADLINE_EXCEEDED and not ours:
-                breaker.release(permit)  # the call's own timeout: final, and no verdict on the endpoint
+            if (err.code is ErrorCode.DEADLINE_EXCEEDED and not ours) or isinstance(err, PayloadTooLargeError):
+                breaker.release(permit)  # the call's own timeout or payload: final, and no verdict on the endpoint
                 raise err from None
             breaker.record(permit, Outcome.of(err.code), time.monotonic() - started)
             if err.code in _NEXT_ENDPOINT:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from fogline.batching import DynamicBatcher
-from fogline.errors import ModelNotFoundError
+from fogline.errors import ModelNotFoundError, echo_name, echo_names
 from fogline.types import PARAM_NODE, PARAM_TIER, InferRequest, InferResponse, ModelSpec
 
 
@@ -39,20 +39,26 @@ class LocalDataPlane:
         self.fault_delay_s = fault_delay_s  # injected latency (chaos tests): see ModelServerSettings
 
     def model(self, name: str, version: str = "") -> ServedModel:
+        """The model serving ``name`` (at ``version``, if given); ModelNotFoundError naming what is served."""
         served = self.models.get(name)
         if served is None:
             raise ModelNotFoundError(
-                f"model {name!r} is not served by {self.node_id}; it serves {sorted(self.models)}")
+                f"model {echo_name(name)} is not served by {self.node_id}; it serves {echo_names(sorted(self.models))}")
         if version and version != served.spec.version:
-            raise ModelNotFoundError(
-                f"model {name!r} version {version!r} is not loaded; loaded: {served.spec.version!r}")
+            raise ModelNotFoundError(f"model {echo_name(name)} version {echo_name(version)} is not loaded; "
+                                     f"loaded: {served.spec.version!r}")
         return served
 
     def ready(self) -> bool:
         return bool(self.models) and not self.draining
 
     async def infer(self, request: InferRequest) -> InferResponse:
-        served = self.model(request.model, request.version)
+        """Run ``request`` on the model it names."""
+        return await self.run(self.model(request.model, request.version), request)
+
+    async def run(self, served: ServedModel, request: InferRequest) -> InferResponse:
+        """Run ``request`` on ``served``, found by :meth:`model` (a caller that checks the model before it
+        decodes the inputs)."""
         spec = served.spec
         spec.check_inputs(request.inputs)
         spec.check_outputs(request.outputs)

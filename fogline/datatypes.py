@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fogline.errors import InvalidInputError
+from fogline.errors import InvalidInputError, echo_name
 
 # V2 datatype name -> numpy dtype (little-endian, as the protocol's raw encoding is).
 _NUMPY: dict[str, np.dtype] = {
@@ -50,7 +50,7 @@ def numpy_dtype(datatype: str) -> np.dtype:
         return _NUMPY[datatype]
     except KeyError:
         raise InvalidInputError(
-            f"unknown datatype {datatype!r}; use one of {', '.join(sorted(DATATYPES))}"
+            f"unknown datatype {echo_name(datatype)}; use one of {', '.join(sorted(DATATYPES))}"
         ) from None
 
 

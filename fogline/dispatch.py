@@ -23,7 +23,10 @@ from fogline.errors import (
     FoglineError,
     ModelNotFoundError,
     OverloadedError,
+    PayloadTooLargeError,
     UnavailableError,
+    echo_name,
+    echo_names,
 )
 from fogline.resilience import EjectionLimits, Outcome, Permit, RetryBudget, RetryBudgetSettings
 from fogline.routing import Endpoint, EndpointPool, power_of_two_choices
@@ -90,8 +93,8 @@ class Dispatcher(Generic[R]):
         if not candidates and not self.pool.endpoints:
             raise UnavailableError(f"no endpoint is registered in {self.scope}; none can serve {model!r}")
         if not candidates:
-            raise ModelNotFoundError(
-                f"model {model!r} is not served in {self.scope}; available: {self.pool.models()}")
+            raise ModelNotFoundError(f"model {echo_name(model)} is not served in {self.scope}; "
+                                     f"available: {echo_names(self.pool.models())}")
         limit = self.settings.max_outstanding
         fresh = [e for e in candidates if e.id not in tried and (limit is None or e.outstanding < limit)]
         if not fresh and limit is not None and any(e.outstanding >= limit for e in candidates):
@@ -144,7 +147,7 @@ class Dispatcher(Generic[R]):
             try:
                 response = await self._attempt(endpoint, permit, request, remaining)
             except FoglineError as err:
-                if err.code not in RETRYABLE:
+                if err.code not in RETRYABLE or isinstance(err, PayloadTooLargeError):
                     raise
                 if self._clock() >= deadline:
                     if err.code is ErrorCode.DEADLINE_EXCEEDED:
@@ -177,6 +180,10 @@ class Dispatcher(Generic[R]):
                 breaker.release(permit)
                 self._note(endpoint.id, err.code.value)
                 raise DeadlineExceededError(f"deadline passed waiting for {endpoint.id}: {err}") from None
+            if isinstance(err, PayloadTooLargeError):  # the caller's to fix: final, and no fault of the peer
+                breaker.release(permit)
+                self._note(endpoint.id, err.code.value)
+                raise
             breaker.record(permit, Outcome.of(err.code), self._clock() - started)
             self._note(endpoint.id, err.code.value)
             raise
@@ -231,8 +238,8 @@ class RegionalDispatch(Generic[R]):
             return self.any
         dispatcher = self.regions.get(region)
         if dispatcher is None:
-            raise FoglineError(f"region {region!r} is unknown; known regions: {sorted(self.regions)}",
-                               code=ErrorCode.NOT_FOUND)
+            raise FoglineError(f"region {echo_name(region)} is unknown; known regions: "
+                               f"{echo_names(sorted(self.regions))}", code=ErrorCode.NOT_FOUND)
         return dispatcher
 
 

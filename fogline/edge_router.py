@@ -33,6 +33,8 @@ from fogline.errors import (
     ModelNotFoundError,
     OverloadedError,
     UnavailableError,
+    echo_name,
+    echo_names,
 )
 from fogline.escalation import CatalogEntry, DeviceState, EscalationPolicy, resolve_cascade
 from fogline.types import (
@@ -55,7 +57,7 @@ class Wire(Protocol[R_contra]):
     """The two things the router needs to know of the protocol's messages."""
 
     def retarget(self, request: bytes, model: str) -> bytes:
-        """``request`` addressed to ``model`` instead."""
+        """``request`` addressed to ``model`` instead; OverloadedError if that makes it too large to send."""
 
     def probabilities(self, response: R_contra, output: str | None) -> np.ndarray:
         """The [N, K] class probabilities in ``response``'s output named ``output`` (None: its only one)."""
@@ -112,9 +114,9 @@ class EdgeRouter(Generic[R]):
         if entry is None:
             if not (self.devices.pool.endpoints or self.cloud.pool.endpoints):
                 raise UnavailableError(f"no device node is registered in {self.devices.scope} and no GPU worker "
-                                       f"is known; nothing can serve {name!r} yet")
-            raise ModelNotFoundError(f"model {name!r} is not served in {self.devices.scope} or the cloud tier; "
-                                     f"available: {self.models()}")
+                                       f"is known; nothing can serve {echo_name(name)} yet")
+            raise ModelNotFoundError(f"model {echo_name(name)} is not served in {self.devices.scope} or the cloud "
+                                     f"tier; available: {echo_names(self.models())}")
         return entry
 
     def models(self) -> list[str]:
@@ -129,9 +131,9 @@ class EdgeRouter(Generic[R]):
                                       cloud_reachable=reachable)
         if decision.tier == TIER_CLOUD:
             return await self._in_cloud(entry, request, decision.route, deadline)
+        on_device = self._retarget(request, entry, decision.model)
         try:
-            done = await self.devices.infer(decision.model, self._retarget(request, entry, decision.model),
-                                            session=session, deadline=deadline)
+            done = await self.devices.infer(decision.model, on_device, session=session, deadline=deadline)
         except (UnavailableError, OverloadedError) as err:
             # Every device holding the model failed or was full: the cloud, if the request may go there.
             if hint == TIER_DEVICE or not entry.cloud_model or not reachable():

@@ -9,13 +9,19 @@ status (``fogline.grpc.status`` for gRPC, ``fogline.http`` for HTTP).
     ├── InvalidInputError       INVALID_ARGUMENT    bad shape, datatype, bytes or parameters
     ├── UnavailableError        UNAVAILABLE         no healthy endpoint, peer down, not ready, draining
     ├── OverloadedError         RESOURCE_EXHAUSTED  queue full or payload too large; has a retry hint
+    │   └── PayloadTooLargeError                    over a message limit: the caller's to fix, no peer's fault
     ├── DeadlineExceededError   DEADLINE_EXCEEDED   the caller's deadline passed
     └── InternalError           INTERNAL            a bug or a runtime failure
+
+:class:`PortInUseError` is not a request's error: a process could not listen where it was told to.
+
+A message that repeats a name or a list of names bounds it with :func:`echo_name` / :func:`echo_names`.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 
 
 class ErrorCode(enum.Enum):
@@ -73,6 +79,11 @@ class OverloadedError(FoglineError):
         self.retry_after_s = retry_after_s
 
 
+class PayloadTooLargeError(OverloadedError):
+    """A request over a message size limit on its way. The caller's to fix (a smaller batch): no retry
+    elsewhere helps, and it says nothing about a peer's health, so it counts against no circuit."""
+
+
 class DeadlineExceededError(FoglineError):
     code = ErrorCode.DEADLINE_EXCEEDED
 
@@ -91,3 +102,43 @@ _BY_CODE: dict[ErrorCode, type[FoglineError]] = {
 def error_for_code(code: ErrorCode, message: str) -> FoglineError:
     """The most specific error class for ``code``."""
     return _BY_CODE[code](message)
+
+
+class PortInUseError(OSError):
+    """A process could not listen on ``host:port``; ``flag`` is the command-line flag that picks it."""
+
+    def __init__(self, host: str, port: int, flag: str) -> None:
+        super().__init__(f"cannot listen on {host}:{port}: the port is in use (or not permitted); "
+                         f"choose another with {flag} (0 = any free port)")
+        self.host, self.port, self.flag = host, port, flag
+
+
+# --- Bounded echoes ---------------------------------------------------------------------------------
+# NOTE: an error message echoes what the caller sent (a model name, an input name) and what is served
+# (the known models). Both may be of any size, and a gRPC status travels in a header of ~8 KiB: an
+# unbounded echo would turn the answer into a transport failure. Call these on the error path only.
+
+ECHO_MAX_CHARS = 100
+"""The longest name an error message repeats in full."""
+ECHO_MAX_ITEMS = 20
+"""The most names of a list an error message repeats."""
+
+
+def truncate(text: str, max_chars: int) -> str:
+    """``text``, cut to ``max_chars`` characters with an ellipsis when longer."""
+    return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
+
+
+def echo_name(name: str) -> str:
+    """``name`` quoted for an error message, cut to :data:`ECHO_MAX_CHARS` with its length when longer."""
+    if len(name) <= ECHO_MAX_CHARS:
+        return repr(name)
+    return f"{truncate(name, ECHO_MAX_CHARS)!r} ({len(name)} characters)"
+
+
+def echo_names(names: Iterable[str]) -> str:
+    """``names`` as a list for an error message: at most :data:`ECHO_MAX_ITEMS`, then "and N more"."""
+    items = list(names)
+    shown = "[" + ", ".join(echo_name(n) for n in items[:ECHO_MAX_ITEMS]) + "]"
+    hidden = len(items) - ECHO_MAX_ITEMS
+    return f"{shown} and {hidden} more" if hidden > 0 else shown

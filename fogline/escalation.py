@@ -23,7 +23,7 @@ from typing import Literal, NamedTuple, NoReturn
 
 import numpy as np
 
-from fogline.errors import InvalidInputError, OverloadedError, UnavailableError
+from fogline.errors import InvalidInputError, OverloadedError, UnavailableError, echo_name
 from fogline.types import (
     PARAM_TIER,
     ROUTE_CASCADE_EASY,
@@ -51,14 +51,17 @@ _HARD_BELOW: dict[Criterion, bool] = {"max_prob": True, "entropy": False, "margi
 
 # --- Hardness of a device answer -------------------------------------------------------------------
 
-def _as_probabilities(probs: np.ndarray) -> np.ndarray:
-    """``probs`` as float64, unchanged otherwise; InvalidInputError unless they are class probabilities
-    of shape [N, K]."""
+def _as_numbers(probs: np.ndarray) -> np.ndarray:
+    """``probs`` as a float64 copy; InvalidInputError unless they are numbers of shape [N, K], K >= 2."""
     array = np.asarray(probs)
     if array.ndim != 2 or array.shape[1] < 2 or array.dtype.kind not in "fiu":
         raise InvalidInputError(f"hardness needs class probabilities, numbers of shape [N, K] with K >= 2; "
                                 f"got {array.dtype} of shape {list(array.shape)}")
-    values = array.astype(np.float64)
+    return array.astype(np.float64)
+
+
+def _check_distributions(values: np.ndarray) -> None:
+    """InvalidInputError unless every row of ``values`` is a probability distribution."""
     sums = values.sum(axis=1)
     bad = np.flatnonzero(~np.isfinite(values).all(axis=1) | (values < 0).any(axis=1)
                          | (np.abs(sums - 1.0) > _SUM_TOLERANCE))
@@ -68,7 +71,26 @@ def _as_probabilities(probs: np.ndarray) -> np.ndarray:
             f"model output row {row} is not a probability distribution (smallest value {values[row].min():.4g}, "
             f"sum {sums[row]:.4g}): the cascade needs non-negative rows summing to 1. A model that outputs "
             f"logits must be configured to apply softmax first (or exported with a softmax output)")
+
+
+def _as_probabilities(probs: np.ndarray) -> np.ndarray:
+    """``probs`` as float64, unchanged otherwise; InvalidInputError unless they are class probabilities
+    of shape [N, K]."""
+    values = _as_numbers(probs)
+    _check_distributions(values)
     return values
+
+
+def _judged(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A device answer as float64 probabilities, and which of its rows cannot be judged: those holding a
+    NaN or an infinity (what a model makes of NaN or inf inputs). They are set to the uniform row, what
+    knowing nothing looks like, so that the others are checked and scored as usual."""
+    values = _as_numbers(probs)
+    unjudged = ~np.isfinite(values).all(axis=1)
+    if unjudged.any():
+        values[unjudged] = 1.0 / values.shape[1]
+    _check_distributions(values)
+    return values, unjudged
 
 
 def _max_prob(p: np.ndarray) -> np.ndarray:
@@ -139,8 +161,10 @@ class HardnessRule:
         return {criterion: t for criterion, t in values.items() if t is not None}
 
     def is_hard(self, probs: np.ndarray) -> np.ndarray:
-        """A bool per row of [N, K] probabilities; InvalidInputError if they are not probabilities."""
-        return _hard_rows(self, _as_probabilities(probs))
+        """A bool per row of [N, K] probabilities; a row that cannot be judged (NaN or inf) is hard.
+        InvalidInputError if the others are not probabilities."""
+        values, unjudged = _judged(probs)
+        return _hard_rows(self, values) | unjudged
 
 
 def _hard_rows(rule: HardnessRule, p: np.ndarray) -> np.ndarray:
@@ -283,7 +307,7 @@ def _reachable(cloud_reachable: CloudReachable) -> bool:
 def _check_hint(entry: CatalogEntry, hint: str) -> None:
     if hint not in TIERS:
         raise InvalidInputError(f"parameter {PARAM_TIER!r} must be one of {', '.join(map(repr, TIERS))}; "
-                                f"got {hint!r}")
+                                f"got {echo_name(hint) if isinstance(hint, str) else repr(hint)}")
     if hint != TIER_AUTO and hint not in entry.tiers:
         only = entry.tiers[0]
         raise InvalidInputError(f"model {entry.name!r} cannot run on the {hint} tier, only on the {only} tier; "
@@ -344,7 +368,8 @@ def _in_cloud(entry: CatalogEntry, route: str, cloud_reachable: CloudReachable) 
 def resolve_cascade(entry: CatalogEntry, device_probs: np.ndarray, cloud_reachable: CloudReachable) -> CascadeVerdict:
     """After a cascade's device answer: keep it (``cascade-easy``), escalate it (``cascade-hard``), or
     keep it flagged because the cloud is unreachable (``degraded``). A request is hard when any of
-    its rows is, and then goes to the cloud whole, so that one response comes from one tier."""
+    its rows is, a row with a NaN or an infinity included, and then goes to the cloud whole, so that one
+    response comes from one tier."""
     if entry.rule is None:
         raise ValueError(f"model {entry.name!r} is not a cascade (placement {entry.placement.value!r})")
     if not entry.rule.is_hard(device_probs).any():

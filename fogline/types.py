@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fogline.datatypes import numpy_dtype, v2_datatype
-from fogline.errors import InvalidInputError
+from fogline.errors import InvalidInputError, echo_name, echo_names
 
 ParameterValue = bool | int | float | str
 
@@ -76,7 +76,7 @@ class ModelSpec:
             unknown = sorted(inputs.keys() - expected)
             raise InvalidInputError(
                 f"model {self.name!r} takes inputs {sorted(expected)}; "
-                f"missing {missing}, unknown {unknown}"
+                f"missing {missing}, unknown {echo_names(unknown)}"
             )
         batch = None
         for spec in self.inputs:
@@ -97,7 +97,7 @@ class ModelSpec:
         unknown = sorted(set(requested) - known)
         if unknown:
             raise InvalidInputError(
-                f"model {self.name!r} has no output {unknown[0]!r}; its outputs are {sorted(known)}"
+                f"model {self.name!r} has no output {echo_name(unknown[0])}; its outputs are {sorted(known)}"
             )
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from fogline._proto import inference_pb2 as pb
 from fogline.datatypes import numpy_dtype, v2_datatype
-from fogline.errors import InvalidInputError
+from fogline.errors import InvalidInputError, echo_name
 from fogline.types import InferRequest, InferResponse, ParameterValue
 
 # V2 datatype -> the InferTensorContents field that carries it. FP16 has none: raw only.
@@ -33,6 +33,7 @@ CONTENTS_FIELD = {
     "BYTES": "bytes_contents",
 }
 _LEN = struct.Struct("<I")
+_NUMBER_PARAMS = frozenset({"int64_param", "uint64_param", "double_param"})
 
 
 def decode_parameters(params: Mapping[str, pb.InferParameter]) -> dict[str, ParameterValue]:
@@ -42,6 +43,40 @@ def decode_parameters(params: Mapping[str, pb.InferParameter]) -> dict[str, Para
         if which is not None:
             out[key] = getattr(param, which)
     return out
+
+
+def _received(param: pb.InferParameter) -> str:
+    """What a parameter holds, for an error message: its type and value."""
+    which = param.WhichOneof("parameter_choice")
+    if which is None:
+        return "an InferParameter with no value set"
+    value = getattr(param, which)
+    return f"{which} {echo_name(value) if isinstance(value, str) else repr(value)}"
+
+
+def string_parameter(params: Mapping[str, pb.InferParameter], key: str) -> str | None:
+    """The ``string_param`` of request parameter ``key``, None if absent; InvalidInputError naming the
+    type received if it holds anything else."""
+    param = params.get(key)
+    if param is None:
+        return None
+    if param.WhichOneof("parameter_choice") != "string_param":
+        raise InvalidInputError(f"parameter {key!r} must be a string_param; got {_received(param)}")
+    return param.string_param
+
+
+def positive_parameter(params: Mapping[str, pb.InferParameter], key: str) -> float | None:
+    """Request parameter ``key`` as a positive, finite number (int64, uint64 or double), None if absent;
+    InvalidInputError saying what it holds otherwise."""
+    param = params.get(key)
+    if param is None:
+        return None
+    which = param.WhichOneof("parameter_choice")
+    value = getattr(param, which) if which in _NUMBER_PARAMS else None
+    if value is None or not 0 < value < math.inf:
+        raise InvalidInputError(f"parameter {key!r} must be a positive number (an int64_param); "
+                                f"got {_received(param)}")
+    return float(value)
 
 
 def set_parameters(target: Mapping[str, pb.InferParameter], values: Mapping[str, ParameterValue]) -> None:
@@ -60,7 +95,7 @@ def set_parameters(target: Mapping[str, pb.InferParameter], values: Mapping[str,
 def _shape(name: str, dims: Iterable[int]) -> tuple[int, ...]:
     shape = tuple(dims)
     if any(d < 0 for d in shape):
-        raise InvalidInputError(f"input {name!r}: shape {list(shape)} has a negative dimension")
+        raise InvalidInputError(f"input {echo_name(name)}: shape {list(shape)} has a negative dimension")
     return shape
 
 
@@ -74,7 +109,7 @@ def decode_raw(name: str, datatype: str, dims: Iterable[int], raw: bytes) -> np.
     expected = count * dtype.itemsize
     if len(raw) != expected:
         raise InvalidInputError(
-            f"input {name!r}: raw content is {len(raw)} bytes, but shape {list(shape)} of {datatype} "
+            f"input {echo_name(name)}: raw content is {len(raw)} bytes, but shape {list(shape)} of {datatype} "
             f"needs {expected} bytes ({count} x {dtype.itemsize})"
         )
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
@@ -86,18 +121,19 @@ def _split_bytes(name: str, raw: bytes, count: int) -> np.ndarray:
     offset = 0
     while offset < len(view):
         if offset + 4 > len(view):
-            raise InvalidInputError(f"input {name!r}: BYTES content ends inside a length prefix")
+            raise InvalidInputError(f"input {echo_name(name)}: BYTES content ends inside a length prefix")
         (size,) = _LEN.unpack_from(view, offset)
         offset += 4
         if offset + size > len(view):
             raise InvalidInputError(
-                f"input {name!r}: BYTES element {len(items)} claims {size} bytes, only "
+                f"input {echo_name(name)}: BYTES element {len(items)} claims {size} bytes, only "
                 f"{len(view) - offset} remain; each element is a 4-byte little-endian length + data"
             )
         items.append(bytes(view[offset : offset + size]))
         offset += size
     if len(items) != count:
-        raise InvalidInputError(f"input {name!r}: BYTES content has {len(items)} elements, shape needs {count}")
+        raise InvalidInputError(
+            f"input {echo_name(name)}: BYTES content has {len(items)} elements, shape needs {count}")
     out = np.empty(count, dtype=object)
     out[:] = items
     return out
@@ -108,12 +144,13 @@ def decode_typed(name: str, datatype: str, dims: Iterable[int], contents: pb.Inf
     shape = _shape(name, dims)
     field = CONTENTS_FIELD.get(datatype)
     if field is None:
-        raise InvalidInputError(f"input {name!r}: {datatype} has no typed contents; send it in raw_input_contents")
+        raise InvalidInputError(
+            f"input {echo_name(name)}: {datatype} has no typed contents; send it in raw_input_contents")
     values = getattr(contents, field)
     count = math.prod(shape)
     if len(values) != count:
         raise InvalidInputError(
-            f"input {name!r}: contents.{field} has {len(values)} values, shape {list(shape)} needs {count}"
+            f"input {echo_name(name)}: contents.{field} has {len(values)} values, shape {list(shape)} needs {count}"
         )
     if datatype == "BYTES":
         out = np.empty(count, dtype=object)
@@ -122,7 +159,7 @@ def decode_typed(name: str, datatype: str, dims: Iterable[int], contents: pb.Inf
     try:
         return np.array(values, dtype=dtype).reshape(shape)
     except OverflowError as exc:
-        raise InvalidInputError(f"input {name!r}: a value does not fit {datatype}: {exc}") from None
+        raise InvalidInputError(f"input {echo_name(name)}: a value does not fit {datatype}: {exc}") from None
 
 
 def decode_request(msg: pb.ModelInferRequest) -> InferRequest:
@@ -136,8 +173,10 @@ def decode_request(msg: pb.ModelInferRequest) -> InferRequest:
     inputs: dict[str, np.ndarray] = {}
     for i, tensor in enumerate(msg.inputs):
         if tensor.name in inputs:
-            raise InvalidInputError(f"input {tensor.name!r} appears twice")
+            raise InvalidInputError(f"input {echo_name(tensor.name)} appears twice")
         if raw:
+            if tensor.HasField("contents"):
+                raise _both_contents(msg.model_name, tensor.name)
             inputs[tensor.name] = decode_raw(tensor.name, tensor.datatype, tensor.shape, raw[i])
         else:
             inputs[tensor.name] = decode_typed(tensor.name, tensor.datatype, tensor.shape, tensor.contents)
@@ -149,6 +188,12 @@ def decode_request(msg: pb.ModelInferRequest) -> InferRequest:
         outputs=tuple(o.name for o in msg.outputs) or None,
         parameters=decode_parameters(msg.parameters),
     )
+
+
+def _both_contents(model: str, name: str) -> InvalidInputError:
+    return InvalidInputError(
+        f"input {echo_name(name)} of model {echo_name(model)}: contents must not be set when the request has "
+        f"raw_input_contents; send every tensor in raw_input_contents (the fast path) or every one in contents")
 
 
 def tensor_bytes(array: np.ndarray) -> bytes:

@@ -16,8 +16,17 @@ from google.protobuf.message import DecodeError
 from fogline._proto import inference_pb2 as pb
 from fogline.dispatch import RegionalDispatch
 from fogline.edge_router import EdgeRouter, Routed
-from fogline.errors import FoglineError, InternalError, InvalidInputError, ModelNotFoundError, UnavailableError
-from fogline.grpc.codec import decode_raw, decode_typed, set_parameters
+from fogline.errors import (
+    FoglineError,
+    InternalError,
+    InvalidInputError,
+    ModelNotFoundError,
+    PayloadTooLargeError,
+    UnavailableError,
+    echo_name,
+    echo_names,
+)
+from fogline.grpc.codec import decode_raw, decode_typed, set_parameters, string_parameter
 from fogline.grpc.upstream import GrpcUpstream
 from fogline.grpc.v2 import V2Backend
 from fogline.grpc.wire import length_delimited
@@ -49,7 +58,7 @@ async def _first_answer(holders: Holders, call: Callable[[GrpcUpstream, str], Aw
             return await call(upstream, model)
         except UnavailableError as err:
             last = err
-    raise UnavailableError(f"no endpoint holding {name!r} answered: {last}")
+    raise UnavailableError(f"no endpoint holding {echo_name(name)} answered: {last}")
 
 
 async def _any_ready(holders: Holders, version: str) -> bool:
@@ -63,11 +72,20 @@ async def _any_ready(holders: Holders, version: str) -> bool:
 
 
 class V2Wire:
-    """``fogline.edge_router.Wire`` for V2 messages as bytes."""
+    """``fogline.edge_router.Wire`` for V2 messages as bytes; upstreams accept ``max_message_bytes``."""
 
-    @staticmethod
-    def retarget(request: bytes, model: str) -> bytes:
-        return request + length_delimited(1, model.encode())  # ModelInferRequest.model_name: the last wins
+    def __init__(self, *, max_message_bytes: int | None = None) -> None:
+        self.max_message_bytes = max_message_bytes
+
+    def retarget(self, request: bytes, model: str) -> bytes:
+        """``request`` for ``model`` (ModelInferRequest.model_name: the last wins); PayloadTooLargeError if
+        the new name takes it over the upstreams' message limit, before any upstream sees it."""
+        out = request + length_delimited(1, model.encode())
+        if self.max_message_bytes is not None and len(out) > self.max_message_bytes:
+            raise PayloadTooLargeError(f"the request is {len(request)} bytes, {len(out)} once addressed to the "
+                                       f"model {model!r} that serves it, over the {self.max_message_bytes}-byte "
+                                       f"message limit; send a smaller batch")
+        return out
 
     @staticmethod
     def probabilities(response: bytes, output: str | None) -> np.ndarray:
@@ -110,9 +128,10 @@ class EdgeBackend(V2Backend):
 
     async def infer(self, data: bytes, request: pb.ModelInferRequest, deadline: float | None) -> bytes:
         params = request.parameters
-        hint = params[PARAM_TIER].string_param if PARAM_TIER in params else TIER_AUTO
-        session = params[PARAM_SESSION].string_param if PARAM_SESSION in params else None
-        routed = await self.router.infer(request.model_name, data, hint=hint, session=session, deadline=deadline)
+        hint = string_parameter(params, PARAM_TIER)
+        session = string_parameter(params, PARAM_SESSION)
+        routed = await self.router.infer(request.model_name, data, hint=TIER_AUTO if hint is None else hint,
+                                         session=session, deadline=deadline)
         if self._on_routed is not None:
             self._on_routed(routed)
         out = routed.response + length_delimited(3, request.id.encode())
@@ -183,8 +202,8 @@ class RegionalBackend(V2Backend):
 
     async def infer(self, data: bytes, request: pb.ModelInferRequest, deadline: float | None) -> bytes:
         params = request.parameters
-        region = params[PARAM_REGION].string_param if PARAM_REGION in params else None
-        session = params[PARAM_SESSION].string_param if PARAM_SESSION in params else None
+        region = string_parameter(params, PARAM_REGION)
+        session = string_parameter(params, PARAM_SESSION)
         dispatcher = self.routing.dispatcher(region)
         done = await dispatcher.infer(request.model_name, data, session=session, deadline=deadline)
         endpoint = dispatcher.pool.endpoints.get(done.endpoint)
@@ -205,7 +224,8 @@ class RegionalBackend(V2Backend):
         pool = self.routing.any.pool
         endpoints = pool.for_model(name)
         if not endpoints:
-            raise ModelNotFoundError(f"model {name!r} is not served in any region; available: {pool.models()}")
+            raise ModelNotFoundError(f"model {echo_name(name)} is not served in any region; "
+                                     f"available: {echo_names(pool.models())}")
         return [(name, e.upstream) for e in sorted(endpoints, key=lambda e: e.load())]  # type: ignore[misc]
 
     async def model_metadata(self, name: str, version: str) -> pb.ModelMetadataResponse:

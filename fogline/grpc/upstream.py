@@ -29,6 +29,7 @@ class GrpcUpstream:
     def __init__(self, address: str, *, max_message_bytes: int, name: str = "") -> None:
         self.address = address
         self.name = name or address
+        self.max_message_bytes = max_message_bytes  # what the peer accepts: one limit on every tier
         self._channel = grpc.aio.insecure_channel(address, options=channel_options(max_message_bytes))
         self._infer = self._channel.unary_unary(_INFER)  # bytes in, bytes out: no re-encoding
         self.stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
@@ -73,7 +74,9 @@ class StreamUpstream(GrpcUpstream):
     edge master talks to each device node this way. Each request is re-tagged with a stream-local
     id (appended to its bytes: the last id wins) and the remaining time of its caller; replies are
     matched back by id. When the stream breaks, every request waiting on it fails with
-    UNAVAILABLE (the dispatcher retries it elsewhere) and the next request opens a new stream.
+    UNAVAILABLE (the dispatcher retries it elsewhere) and the next request opens a new stream. A
+    request within the message limit that the re-tagging would take over it goes as a ModelInfer call
+    of its own instead, untouched: what a client may send never breaks the stream.
     """
 
     def __init__(self, address: str, *, max_message_bytes: int, name: str = "") -> None:
@@ -93,18 +96,20 @@ class StreamUpstream(GrpcUpstream):
         return self._stream_call, self._pending
 
     async def infer(self, request: bytes, timeout_s: float | None) -> bytes:
-        call, pending = self._stream()
         tag = str(next(self._ids))
-        suffix = pb.ModelInferRequest(id=tag)
-        if timeout_s is not None:
-            suffix.parameters[PARAM_TIMEOUT_MS].int64_param = max(1, int(timeout_s * 1000))
+        message = request + self._suffix(tag, timeout_s)
+        if len(message) > self.max_message_bytes:
+            # NOTE: our tags would take the request over the peer's message limit, and one oversized message
+            # ends the whole stream, every request on it with it: this one goes on a call of its own, as received.
+            return await super().infer(request, timeout_s)
+        call, pending = self._stream()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bytes] = loop.create_future()
         pending[tag] = future
         timer = loop.call_later(timeout_s, self._expire, future, timeout_s) if timeout_s is not None else None
         try:
             async with self._write_lock:
-                await call.write(request + suffix.SerializeToString())
+                await call.write(message)
             return await future
         except grpc.aio.AioRpcError as exc:
             raise UnavailableError(f"{self.name}: stream broken: {exc.details() or exc.code().name}") from None
@@ -114,6 +119,14 @@ class StreamUpstream(GrpcUpstream):
             pending.pop(tag, None)
             if timer is not None:
                 timer.cancel()
+
+    @staticmethod
+    def _suffix(tag: str, timeout_s: float | None) -> bytes:
+        """What re-tags a request for the stream: its stream-local id and its caller's remaining time."""
+        suffix = pb.ModelInferRequest(id=tag)
+        if timeout_s is not None:
+            suffix.parameters[PARAM_TIMEOUT_MS].int64_param = max(1, int(timeout_s * 1000))
+        return suffix.SerializeToString()
 
     def _expire(self, future: asyncio.Future[bytes], timeout_s: float) -> None:
         if not future.done():

@@ -23,8 +23,8 @@ from fogline import __version__
 from fogline._proto import inference_pb2 as pb
 from fogline.dataplane import LocalDataPlane
 from fogline.errors import ErrorCode, FoglineError, InvalidInputError
-from fogline.grpc.codec import decode_request, encode_response
-from fogline.grpc.status import TO_GRPC, as_fogline_error, trailing_metadata
+from fogline.grpc.codec import decode_request, encode_response, positive_parameter
+from fogline.grpc.status import TO_GRPC, as_fogline_error, status_details, trailing_metadata
 from fogline.grpc.wire import length_delimited
 from fogline.metrics import UNKNOWN_MODEL, Metrics
 from fogline.types import PARAM_CODE, PARAM_TIMEOUT_MS, ModelSpec
@@ -86,9 +86,10 @@ class LocalBackend(V2Backend):
         return metadata_message(self.dataplane.model(name, version).spec)
 
     async def infer(self, data: bytes, request: pb.ModelInferRequest, deadline: float | None) -> bytes:
+        served = self.dataplane.model(request.model_name, request.model_version)  # NOT_FOUND before any input
         req = decode_request(request)
         req.deadline = deadline
-        resp = await self.dataplane.infer(req)
+        resp = await self.dataplane.run(served, req)
         # Answer in kind: raw for raw requests (the fast path), typed contents for typed ones.
         raw = bool(request.raw_input_contents) or not request.inputs
         return encode_response(resp, raw=raw).SerializeToString()
@@ -118,13 +119,14 @@ async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
     trailers = trailing_metadata(err)
     if trailers:
         context.set_trailing_metadata(trailers)
-    await context.abort(TO_GRPC[err.code], err.message)
+    await context.abort(TO_GRPC[err.code], status_details(err.message))
 
 
 def stream_deadline(request: pb.ModelInferRequest) -> float | None:
-    """A streamed request's deadline, from the remaining time its sender put in its parameters."""
-    param = request.parameters.get(PARAM_TIMEOUT_MS)
-    return None if param is None else time.monotonic() + param.int64_param / 1000
+    """A streamed request's deadline, from the remaining time its sender put in its parameters;
+    InvalidInputError unless that is a positive number of milliseconds."""
+    timeout_ms = positive_parameter(request.parameters, PARAM_TIMEOUT_MS)
+    return None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
 
 
 def stream_error(request_id: str, err: FoglineError) -> bytes:

@@ -13,7 +13,9 @@ from fogline.grpc.codec import (
     decode_request,
     encode_request,
     encode_response,
+    positive_parameter,
     set_parameters,
+    string_parameter,
 )
 from fogline.types import InferResponse
 
@@ -129,3 +131,54 @@ def test_concatenated_encodings_merge_parameters_into_a_response() -> None:
     assert decode_parameters(merged.parameters) == {"fogline.node": "d1", "fogline.tier": "device",
                                                     "fogline.route": "placement", "fogline.attempts": 2}
     np.testing.assert_array_equal(decode_outputs(merged)["t"], SAMPLES["FP32"])
+
+
+def test_raw_and_typed_contents_for_one_input_are_invalid_as_triton_answers() -> None:
+    msg = encode_request("mlp", {"input": np.ones((1, 2), np.float32)})
+    msg.inputs[0].contents.fp32_contents.extend([1.0, 1.0])
+    with pytest.raises(InvalidInputError, match="input 'input' of model 'mlp': contents must not be set when"):
+        decode_request(msg)
+
+
+def test_long_input_names_are_echoed_cut_short() -> None:
+    msg = encode_request("m", {"n" * 5000: np.ones((1, 2), np.float32)})
+    msg.raw_input_contents[0] = b"\0"
+    with pytest.raises(InvalidInputError) as caught:
+        decode_request(msg)
+    assert "…' (5000 characters): raw content is 1 bytes" in caught.value.message
+    assert len(caught.value.message) < 300
+
+
+def params(**values: object) -> pb.ModelInferRequest:
+    msg = pb.ModelInferRequest()
+    for key, (kind, value) in values.items():
+        setattr(msg.parameters[key], kind, value)
+    return msg
+
+
+def test_a_string_parameter_of_another_type_is_invalid_naming_the_type_received() -> None:
+    assert string_parameter(params(t=("string_param", "cloud")).parameters, "t") == "cloud"
+    assert string_parameter(params().parameters, "t") is None
+    with pytest.raises(InvalidInputError, match="parameter 't' must be a string_param; got int64_param 3"):
+        string_parameter(params(t=("int64_param", 3)).parameters, "t")
+    with pytest.raises(InvalidInputError, match="got bool_param True"):
+        string_parameter(params(t=("bool_param", True)).parameters, "t")
+    empty = pb.ModelInferRequest()
+    empty.parameters["t"].SetInParent()
+    with pytest.raises(InvalidInputError, match="got an InferParameter with no value set"):
+        string_parameter(empty.parameters, "t")
+
+
+@pytest.mark.parametrize(("kind", "value"), [("int64_param", 250), ("uint64_param", 250), ("double_param", 250.0)])
+def test_a_positive_number_parameter_takes_any_numeric_type(kind: str, value: object) -> None:
+    assert positive_parameter(params(ms=(kind, value)).parameters, "ms") == 250.0
+
+
+@pytest.mark.parametrize(("kind", "value", "words"), [
+    ("int64_param", 0, "int64_param 0"), ("int64_param", -5, "int64_param -5"),
+    ("double_param", float("nan"), "double_param nan"), ("double_param", float("inf"), "double_param inf"),
+    ("string_param", "250", "string_param '250'"), ("bool_param", True, "bool_param True"),
+])
+def test_a_positive_number_parameter_refuses_anything_else(kind: str, value: object, words: str) -> None:
+    with pytest.raises(InvalidInputError, match=f"parameter 'ms' must be a positive number .*; got {words}"):
+        positive_parameter(params(ms=(kind, value)).parameters, "ms")

@@ -27,8 +27,8 @@ from fogline.registry import Load, Member, MemberState
 from fogline.resilience import BreakerSettings, CircuitBreaker
 from fogline.routing import EndpointPool
 
-EASY, HARD = b"easy", b"hard"
-PROBS = {EASY: [[0.95, 0.05]], HARD: [[0.55, 0.45]]}
+EASY, HARD, NAN = b"easy", b"hard", b"nan"
+PROBS = {EASY: [[0.95, 0.05]], HARD: [[0.55, 0.45]], NAN: [[np.nan, np.nan]]}  # NAN: what NaN inputs give
 DIGITS = CatalogEntry(name="digits", placement=Placement.CASCADE, device_model="small", cloud_model="large",
                       rule=HardnessRule(max_prob_below=0.8))
 CLOUD_ONLY = CatalogEntry(name="big", placement=Placement.CLOUD, cloud_model="large")
@@ -72,6 +72,13 @@ class Wire:
         if response[2] == b"garbage":
             return np.array([[3.0, -1.0]])
         return np.array(PROBS[response[2]])
+
+
+class TooLarge(Wire):
+    """A wire on which every retargeted request is over the message limit."""
+
+    def retarget(self, request: bytes, model: str) -> bytes:
+        raise OverloadedError("too large")
 
 
 # One failure opens a circuit for exactly 1 s: crisp outcomes on the fake clock.
@@ -252,6 +259,25 @@ async def test_bad_input_from_the_cloud_is_the_clients_error_not_a_degraded_answ
     with pytest.raises(InvalidInputError):
         await edge.infer("digits", HARD)
     assert edge.router.uplink_up
+
+
+async def test_an_answer_with_nan_cannot_be_judged_so_it_escalates_or_is_degraded() -> None:
+    edge = Edge()
+    hard = await edge.infer("digits", NAN)
+    assert (hard.tier, hard.route, hard.model) == ("cloud", "cascade-hard", "large")
+    edge.workers["w0"].error = UnavailableError("connection refused")
+    degraded = await edge.infer("digits", NAN)
+    assert (degraded.tier, degraded.route, degraded.degraded) == ("device", "degraded", True)
+    assert degraded.response == (degraded.node, "small", NAN)
+
+
+async def test_an_oversized_retarget_is_refused_before_any_device_or_worker_sees_it() -> None:
+    edge = Edge()
+    edge.router.wire = TooLarge()  # type: ignore[assignment]
+    for model in ("digits", "big"):
+        with pytest.raises(OverloadedError, match="too large"):
+            await edge.infer(model, EASY)
+    assert edge.cloud_calls() == 0 and not any(d.requests for d in edge.devices.values())
 
 
 async def test_a_cascade_whose_device_model_gives_no_probabilities_is_an_internal_error() -> None:

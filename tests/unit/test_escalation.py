@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -347,7 +348,7 @@ def test_is_hard_does_not_modify_its_input() -> None:
     (np.array([[3.0, 1.0, 0.5]]), "sum 4.5"),
     (np.array([[0.5, 0.5, 0.0], [0.3, 0.3, 0.3]]), "row 1"),
     (np.array([[1.1, -0.1]]), "smallest value -0.1"),
-    (np.array([[np.nan, 1.0]]), "row 0"),
+    (np.array([[np.nan, 1.0], [2.0, -1.0]]), "row 1"),  # a NaN row is hard; the logits after it are still seen
 ])
 def test_outputs_that_are_not_probabilities_are_rejected_with_a_hint_about_logits(probs: np.ndarray,
                                                                                    words: str) -> None:
@@ -355,6 +356,41 @@ def test_outputs_that_are_not_probabilities_are_rejected_with_a_hint_about_logit
         HardnessRule(max_prob_below=0.5).is_hard(probs)
     assert words in caught.value.message
     assert "logits must be configured to apply softmax" in caught.value.message
+
+
+UNJUDGEABLE = [[np.nan, 1.0, 0.0], [np.inf, 0.0, 0.0], [-np.inf, 0.5, 0.5], [np.nan] * 3, [np.inf, -np.inf, 1.0]]
+CERTAIN = [1.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("rule", [HardnessRule(max_prob_below=0.0), HardnessRule(entropy_above=1.0),
+                                  HardnessRule(margin_below=0.0), HardnessRule(max_prob_below=0.5, margin_below=0.1)])
+def test_rows_with_nan_or_inf_cannot_be_judged_and_are_hard_whatever_the_rule(rule: HardnessRule) -> None:
+    probs = np.array([CERTAIN, *UNJUDGEABLE, CERTAIN])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RuntimeWarning from NaN arithmetic, per request
+        hard = rule.is_hard(probs)
+    assert hard.tolist() == [False, *[True] * len(UNJUDGEABLE), False]
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_a_nan_answer_escalates_or_is_the_degraded_device_answer(dtype: type) -> None:
+    probs = np.array([[0.95, 0.03, 0.02], [np.nan] * 3], dtype=dtype)
+    assert resolve_cascade(DIGITS, probs, True) == CascadeVerdict(True, ROUTE_CASCADE_HARD)
+    verdict = resolve_cascade(DIGITS, probs, False)
+    assert verdict == CascadeVerdict(False, ROUTE_DEGRADED) and verdict.degraded
+    assert resolve_cascade(DIGITS, np.array([[np.inf, 0.0, 0.0]], dtype=dtype), True).escalate
+
+
+def test_judging_nan_rows_leaves_the_answer_untouched() -> None:
+    probs = np.array([[np.nan, 1.0], [0.6, 0.4]], dtype=np.float32)
+    probs.flags.writeable = False
+    assert HardnessRule(max_prob_below=0.5).is_hard(probs).tolist() == [True, False]
+    assert np.isnan(probs[0, 0])
+
+
+def test_calibration_data_with_nan_is_refused_not_judged() -> None:
+    with pytest.raises(InvalidInputError, match="row 0 is not a probability distribution"):
+        scores(np.array([[np.nan, 1.0]]), "max_prob")
 
 
 @pytest.mark.parametrize("probs", [np.array([0.5, 0.5]), np.ones((2, 1)), np.ones((1, 2, 2)) / 2,

@@ -7,7 +7,8 @@ import asyncio
 import pytest
 
 from fogline._proto import inference_pb2 as pb
-from fogline.errors import InvalidInputError
+from fogline.errors import InvalidInputError, PayloadTooLargeError
+from fogline.grpc.forward import V2Wire
 from fogline.grpc.upstream import StreamUpstream
 from fogline.grpc.wire import fields, length_delimited, varint
 
@@ -51,3 +52,12 @@ def test_a_reply_is_matched_by_its_last_id_as_protobuf_reads_it() -> None:
         assert waiting["42"].done() and not waiting["7"].done()
     finally:
         loop.close()
+
+
+def test_retargeting_renames_the_model_within_the_message_limit_or_refuses() -> None:
+    request = pb.ModelInferRequest(model_name="digits", id="r").SerializeToString()
+    renamed = V2Wire(max_message_bytes=len(request) + 14).retarget(request, "digits-small")
+    assert pb.ModelInferRequest.FromString(renamed).model_name == "digits-small"
+    with pytest.raises(PayloadTooLargeError, match=rf"is {len(request)} bytes, {len(renamed)} once addressed to the model "
+                                              rf"'digits-small' that serves it, over the {len(renamed) - 1}-byte"):
+        V2Wire(max_message_bytes=len(request) + 13).retarget(request, "digits-small")
