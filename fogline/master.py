@@ -65,7 +65,7 @@ class Master:
 
     def __init__(self, settings: MasterSettings, *, tier: str, pooled_service: str,
                  connect: Callable[[MemberState], GrpcUpstream]) -> None:
-        self.metrics = Metrics(tier)
+        self.metrics = Metrics(tier, is_member=self._is_member)
         self.registry = EmbeddedRegistry(ttl_s=settings.member_ttl_s,
                                          heartbeat_interval_s=settings.heartbeat_interval_s)
         self.pool: EndpointPool[GrpcUpstream] = EndpointPool(
@@ -84,6 +84,12 @@ class Master:
         task = asyncio.ensure_future(upstream.close(self._master_settings.drain_grace_s))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+        # NOTE: once the pool's sync is over: a member that only moved address is back in it by then.
+        task.get_loop().call_soon(self.metrics.prune_departed)
+
+    def _is_member(self, endpoint_id: str) -> bool:
+        """Whether ``endpoint_id`` is in one of the pools; the series of one that is not are removed."""
+        return any(endpoint_id in pool.endpoints for pool in self._pools)
 
     def _breaker_counters(self) -> list[tuple[str, str, dict[str, str], float]]:
         """Breaker trips and rejections per upstream endpoint, and its state (0 closed, 1 half-open, 2 open)."""
@@ -111,12 +117,12 @@ class Master:
         self._control, _ = create_server(registrars=[add_control(control)],
                                          max_message_bytes=CONTROL_MAX_MESSAGE_BYTES)
         grpc_bound = bind(self._server, s.host, s.grpc_port)
-        control_bound = bind(self._control, s.host, s.control_port)
-        await self._control.start()
+        control_bound = bind(self._control, s.host, s.control_port, flag="--control-port")
+        self._http, http_bound = await start_http(self, self.metrics, s.host, s.http_port, routes=routes)  # type: ignore[arg-type]
+        await self._control.start()  # only once every port is bound: a taken one leaves nothing running
         await self._server.start()
         await set_serving(self._health, True)
         self._expiry = asyncio.create_task(self._expire_loop(), name="expire")
-        self._http, http_bound = await start_http(self, self.metrics, s.host, s.http_port, routes=routes)  # type: ignore[arg-type]
         advertise = s.advertise_host or s.host
         return {"grpc": f"{advertise}:{grpc_bound}", "control": f"{advertise}:{control_bound}",
                 "http": f"{advertise}:{http_bound}"}

@@ -16,11 +16,17 @@ GaugeSample = tuple[str, str, dict[str, str], float]
 
 
 class Metrics:
-    """Request, latency and batch metrics, plus gauges read from the process at scrape time."""
+    """Request, latency and batch metrics, plus gauges read from the process at scrape time.
 
-    def __init__(self, tier: str) -> None:
+    ``is_member`` says whether an upstream endpoint id is still a member of this process's pools:
+    :meth:`prune_departed` removes the series of those that are not, and none is created again for
+    them (an attempt that finishes after its endpoint left is not counted). None: every id is one.
+    """
+
+    def __init__(self, tier: str, *, is_member: Callable[[str], bool] | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.tier = tier
+        self._is_member = is_member or _always
         self.requests = Counter("fogline_requests", "Inference requests by model and result code",
                                 ["model", "code"], registry=self.registry)
         self.latency = Histogram("fogline_request_duration_seconds", "Inference latency as served here",
@@ -57,9 +63,19 @@ class Metrics:
 
     def count_attempt(self, endpoint: str, code: str) -> None:
         """One attempt at an upstream endpoint and its result code; non-OK ones are retried elsewhere."""
-        _child(self.upstream, self._attempts, endpoint, code).inc()
+        child = self._attempts.get((endpoint, code))
+        if child is None and self._is_member(endpoint):
+            child = _child(self.upstream, self._attempts, endpoint, code)
+        if child is not None:
+            child.inc()
         if code != "OK":
             self.retries.inc()
+
+    def prune_departed(self) -> None:
+        """Remove the series of upstream endpoints that are no longer members."""
+        for labels in [labels for labels in self._attempts if not self._is_member(labels[0])]:
+            del self._attempts[labels]
+            self.upstream.remove(*labels)
 
     def batch_observer(self, model: str) -> Callable[[int, int, float], None]:
         size, duration = self.batch_size.labels(model), self.batch_duration.labels(model)
@@ -77,6 +93,10 @@ class Metrics:
     def add_counters(self, read: Callable[[], Iterable[GaugeSample]]) -> None:
         """Register counters (monotonic totals kept elsewhere, e.g. by breakers) read at scrape time."""
         self.registry.register(_ReadCollector(read, CounterMetricFamily))
+
+
+def _always(endpoint: str) -> bool:
+    return True
 
 
 def _child(counter: Counter, cache: dict[tuple[str, ...], Counter], *labels: str) -> Counter:

@@ -6,17 +6,21 @@
 - ``GET /metrics``: Prometheus text format.
 
 A process may add GET routes of its own that answer JSON (the cloud master's ``/v1/topology``).
+
+A connection has ``header_timeout_s`` to send the complete headers of a request, counted from when it
+opens and from the end of each response; one that takes longer is closed (slowloris).
 """
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from fogline.errors import ErrorCode
+from fogline.errors import ErrorCode, PortInUseError
 from fogline.metrics import Metrics
 
 HTTP_STATUS = {
@@ -28,6 +32,9 @@ HTTP_STATUS = {
     ErrorCode.INTERNAL: 500,
 }
 
+
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+"""How long a connection may take to send a request's headers, or sit idle between requests."""
 
 JsonRoute = Callable[[], Awaitable[Any]]
 """Produces the JSON body of an extra GET route."""
@@ -73,10 +80,24 @@ def _json_route(produce: JsonRoute) -> Callable[[web.Request], Awaitable[web.Res
 
 
 async def start_http(source: StatusSource, metrics: Metrics, host: str, port: int, *,
-                     routes: Mapping[str, JsonRoute] | None = None) -> tuple[web.AppRunner, int]:
-    """Serve the status app (plus ``routes``) on host:port (0 = any free port); the runner and the bound port."""
-    runner = web.AppRunner(create_app(source, metrics, routes), access_log=None)
+                     routes: Mapping[str, JsonRoute] | None = None, flag: str = "--http-port",
+                     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S) -> tuple[web.AppRunner, int]:
+    """Serve the status app (plus ``routes``) on host:port (0 = any free port); the runner and the bound
+    port. A port that is taken raises :class:`PortInUseError` naming ``flag``. A connection that takes
+    longer than ``header_timeout_s`` to send a request's headers, or sits idle that long, is closed."""
+    # NOTE: aiohttp (>= 3.14) arms its keep-alive timer when a connection opens and after each response,
+    # so a connection idle, or half-way through a request's headers, that long is closed (slowloris).
+    runner = web.AppRunner(create_app(source, metrics, routes), access_log=None,
+                           keepalive_timeout=header_timeout_s)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=False)
-    await site.start()
+    # NOTE: SO_REUSEADDR, as every server has it: a restart binds at once over the TIME-WAIT sockets
+    # its last run left, and a second live listener is still refused (no SO_REUSEPORT).
+    site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=False)
+    try:
+        await site.start()
+    except OSError as err:
+        await runner.cleanup()
+        if err.errno in (errno.EADDRINUSE, errno.EACCES):
+            raise PortInUseError(host, port, flag) from None
+        raise
     return runner, int(runner.addresses[0][1])
