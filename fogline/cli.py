@@ -34,6 +34,8 @@ def _common(p: argparse.ArgumentParser, *, region: bool = True) -> None:
     p.add_argument("--max-message-mb", type=int, default=64, help="largest request accepted, MiB (default 64)")
     p.add_argument("--drain-grace-s", type=float, default=10.0, help="time to finish in-flight work on SIGTERM")
     p.add_argument("--ready-file", type=Path, help="write the bound endpoints here as JSON once serving")
+    p.add_argument("--parent-pid", type=int,
+                   help="drain and exit when this process is gone (set by `fogline up` for its children)")
     d = p.add_argument_group("discovery")
     d.add_argument("--discovery", choices=("embedded", "consul"),
                    default=os.environ.get("FOGLINE_DISCOVERY", "embedded"),
@@ -191,14 +193,16 @@ def _device(args: argparse.Namespace) -> int:
     from fogline.service import run
 
     providers = args.providers.split(",") if args.providers else None
-    return run(DeviceNode(_model_server_settings(DeviceSettings, args, providers=providers)), args.ready_file)
+    node = DeviceNode(_model_server_settings(DeviceSettings, args, providers=providers))
+    return run(node, args.ready_file, args.parent_pid)
 
 
 def _worker(args: argparse.Namespace) -> int:
     from cloud_master.worker import GpuWorker, WorkerSettings
     from fogline.service import run
 
-    return run(GpuWorker(_model_server_settings(WorkerSettings, args, device=args.device)), args.ready_file)
+    worker = GpuWorker(_model_server_settings(WorkerSettings, args, device=args.device))
+    return run(worker, args.ready_file, args.parent_pid)
 
 
 def _edge(args: argparse.Namespace) -> int:
@@ -221,7 +225,7 @@ def _edge(args: argparse.Namespace) -> int:
     )
     if args.id:
         settings.edge_id = args.id
-    return run(EdgeMaster(settings), args.ready_file)
+    return run(EdgeMaster(settings), args.ready_file, args.parent_pid)
 
 
 def _cloud(args: argparse.Namespace) -> int:
@@ -236,7 +240,7 @@ def _cloud(args: argparse.Namespace) -> int:
     )
     if args.id:
         settings.cloud_id = args.id
-    return run(CloudMaster(settings), args.ready_file)
+    return run(CloudMaster(settings), args.ready_file, args.parent_pid)
 
 
 def _up(args: argparse.Namespace) -> int:

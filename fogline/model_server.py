@@ -95,9 +95,9 @@ class ModelServer:
             v2_handler(LocalBackend(dataplane, self.server_name), self.metrics),
             max_message_bytes=s.max_message_bytes)
         grpc_port = bind(self._server, s.host, s.grpc_port)
+        self._http, http_port = await start_http(self, self.metrics, s.host, s.http_port)  # every port bound first
         await self._server.start()
         await set_serving(self._health, True)
-        self._http, http_port = await start_http(self, self.metrics, s.host, s.http_port)
         advertise = s.advertise_host or s.host
         self.endpoints = {"id": s.node_id, "region": s.region, "grpc": f"{advertise}:{grpc_port}",
                           "http": f"{advertise}:{http_port}"}

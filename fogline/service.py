@@ -1,7 +1,9 @@
-"""Run one Fogline process: start it, announce its endpoints, drain on SIGTERM/SIGINT, exit.
+"""Run one Fogline process: start it, announce its endpoints, drain on SIGTERM/SIGINT/SIGHUP, exit.
 
 A started process writes its endpoints as JSON to ``--ready-file`` (atomically), which is how
-``fogline up``, deploy scripts and tests learn the ports it bound when asked for port 0.
+``fogline up``, deploy scripts and tests learn the ports it bound when asked for port 0. Given
+``--parent-pid`` (``fogline up`` passes its own), it also drains and exits once that process is
+gone, so a killed supervisor leaves no orphan holding its ports.
 """
 
 from __future__ import annotations
@@ -11,8 +13,11 @@ import json
 import logging
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Protocol
+
+from fogline.errors import PortInUseError
 
 log = logging.getLogger(__name__)
 
@@ -33,22 +38,41 @@ def write_json_atomic(path: Path, data: object) -> None:
     os.replace(tmp, path)
 
 
-async def serve(service: Service, ready_file: Path | None = None) -> None:
+PARENT_POLL_S = 0.5
+
+
+async def serve(service: Service, ready_file: Path | None = None, parent_pid: int | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
+    watch = asyncio.create_task(_parent_gone(parent_pid, stop)) if parent_pid is not None else None
     endpoints = await service.start()
     endpoints["pid"] = os.getpid()
     if ready_file is not None:
         write_json_atomic(ready_file, endpoints)
     log.info("serving %s", json.dumps(endpoints))
     await stop.wait()
+    if watch is not None:
+        watch.cancel()
     log.info("draining")
     await service.drain()
     log.info("stopped")
 
 
-def run(service: Service, ready_file: Path | None = None) -> int:
-    asyncio.run(serve(service, ready_file))
+async def _parent_gone(parent_pid: int, stop: asyncio.Event) -> None:
+    """Set ``stop`` once ``parent_pid`` is no longer this process's parent (it died: we were re-parented)."""
+    while os.getppid() == parent_pid:
+        await asyncio.sleep(PARENT_POLL_S)
+    log.warning("parent process %d is gone; stopping", parent_pid)
+    stop.set()
+
+
+def run(service: Service, ready_file: Path | None = None, parent_pid: int | None = None) -> int:
+    """Serve until told to stop; 0, or 2 after one line on stderr when a port is taken."""
+    try:
+        asyncio.run(serve(service, ready_file, parent_pid))
+    except PortInUseError as err:
+        print(f"fogline: {err}", file=sys.stderr)
+        return 2
     return 0

@@ -3,8 +3,13 @@ a cloud master, one GPU worker, and two regions of an edge master with two devic
 
 Each process is a ``python -m fogline <tier>`` child writing its log under ``<workdir>/logs`` and
 its bound endpoints to a ready file; the stack waits for each, prints the endpoints and writes
-them, with the process ids, to ``<workdir>/stack.json``. SIGINT/SIGTERM stop every child (SIGTERM,
-so they drain, then SIGKILL after a grace period); a child that dies takes the stack down with it.
+them, with the process ids, to ``<workdir>/stack.json``.
+
+Then it supervises (:mod:`fogline.supervisor`): a child that dies is restarted on the same ports
+with exponential backoff while the rest keep serving, one that crash-loops is left down, and the
+state file is rewritten each time. SIGINT, SIGTERM and SIGHUP stop every child (SIGTERM, so they
+drain; devices first, then the masters; SIGKILL after a grace period). Every child is started with
+``--parent-pid``, so if the stack itself is killed they drain and exit on their own.
 """
 
 from __future__ import annotations
@@ -21,16 +26,23 @@ from pathlib import Path
 from typing import Any
 
 from fogline.digits import CATALOG_FILE
-from fogline.launch import Launched, LaunchError, launch, wait_ready
+from fogline.launch import LaunchError
+from fogline.ports import port_free
 from fogline.samples import build_sample_repository
 from fogline.service import write_json_atomic
+from fogline.supervisor import Child, ChildState, RestartSettings, Supervisor
 
 START_TIMEOUT_S = 60.0  # the first start builds the sample models
 STOP_GRACE_S = 15.0
+SUPERVISE_TICK_S = 0.2
 
 
 class StackError(RuntimeError):
-    pass
+    """The stack could not start; ``port_in_use`` when a child could not listen on its port."""
+
+    def __init__(self, message: str, *, port_in_use: bool = False) -> None:
+        super().__init__(message)
+        self.port_in_use = port_in_use
 
 
 DEVICE_MODELS = ("mlp", "cnn", "digits-small")
@@ -41,11 +53,12 @@ WORKER_MODELS = ("digits-large", "cnn")
 class LocalStack:
     """Cloud master, one GPU worker, and ``regions`` regions of an edge master with ``devices``
     device nodes each. The first region's edge master listens on ``edge_port``/``edge_http_port``,
-    the cloud master on ``cloud_port``/``cloud_http_port`` (0 = any free port); the rest on free ports."""
+    the cloud master on ``cloud_port``/``cloud_http_port`` (0 = any free port); the rest on free ports.
+    Once up, a :class:`Supervisor` restarts any child that dies."""
 
     def __init__(self, workdir: Path, *, edge_port: int = 8001, edge_http_port: int = 8000,
                  cloud_port: int = 8011, cloud_http_port: int = 8010, regions: int = 2,
-                 devices: int = 2) -> None:
+                 devices: int = 2, restart: RestartSettings | None = None) -> None:
         self.workdir = Path(workdir).resolve()
         self.edge_port = edge_port
         self.edge_http_port = edge_http_port
@@ -53,20 +66,20 @@ class LocalStack:
         self.cloud_http_port = cloud_http_port
         self.regions = [f"region-{chr(ord('a') + i)}" for i in range(regions)]
         self.devices = devices
-        self.children: list[Launched] = []
         self.state_file = self.workdir / "stack.json"
+        self.supervisor = Supervisor(self.workdir / "run", self.workdir / "logs", settings=restart,
+                                     on_change=self._write_state)
         self._stop = threading.Event()
+        self._models: Path | None = None
 
-    def _spawn(self, name: str, *args: str) -> Launched:
-        child = launch(name, args, self.workdir / "run", log_dir=self.workdir / "logs")
-        self.children.append(child)
-        return child
+    def _spawn(self, name: str, *args: str, stop_order: int) -> Child:
+        return self.supervisor.spawn(name, [*args, "--parent-pid", str(os.getpid())], stop_order=stop_order)
 
-    def _wait_ready(self, child: Launched) -> dict[str, Any]:
+    def _wait_ready(self, child: Child) -> dict[str, Any]:
         try:
-            return wait_ready(child, START_TIMEOUT_S, cancelled=self._stop.is_set)
+            return self.supervisor.wait_ready(child, START_TIMEOUT_S, cancelled=self._stop.is_set)
         except LaunchError as err:
-            raise StackError(str(err)) from None
+            raise StackError(str(err), port_in_use="cannot listen on" in str(err)) from None
 
     def _build_models(self) -> Path:
         models = build_sample_repository(self.workdir / "models")
@@ -78,37 +91,50 @@ class LocalStack:
             raise StackError(f"building the digits models failed:\n{built.stdout}{built.stderr}")
         return models
 
+    def fixed_ports(self) -> dict[str, int]:
+        """The ports asked for by flag (not 0), by flag."""
+        ports = {"--edge-port": self.edge_port, "--edge-http-port": self.edge_http_port,
+                 "--cloud-port": self.cloud_port, "--cloud-http-port": self.cloud_http_port}
+        return {flag: port for flag, port in ports.items() if port}
+
     def start(self) -> dict[str, Any]:
-        models = self._build_models()
+        self._models = models = self._build_models()
         cloud = self._wait_ready(self._spawn(
             "cloud", "cloud", "--id", "cloud", "--grpc-port", str(self.cloud_port),
-            "--http-port", str(self.cloud_http_port), "--catalog", str(models / CATALOG_FILE)))
+            "--http-port", str(self.cloud_http_port), "--catalog", str(models / CATALOG_FILE), stop_order=2))
         worker = self._spawn("worker-0", "worker", "--id", "worker-0", "--models", str(models),
-                             *_only(WORKER_MODELS), "--master", cloud["control"])
+                             *_only(WORKER_MODELS), "--master", cloud["control"], stop_order=0)
         edges = {}
         for i, region in enumerate(self.regions):
             ports = ("--grpc-port", str(self.edge_port), "--http-port", str(self.edge_http_port)) if i == 0 else ()
             edges[region] = self._wait_ready(self._spawn(
                 f"{region}-edge", "edge", "--region", region, "--id", f"{region}-edge", *ports,
-                "--cloud", cloud["control"]))
-        devices = {
-            region: [self._spawn(f"{region}-device-{d}", "device", "--region", region, "--id", f"{region}-device-{d}",
-                                 "--models", str(models), *_only(DEVICE_MODELS), "--master", edge["control"])
-                     for d in range(self.devices)]
-            for region, edge in edges.items()
-        }
-        regions: dict[str, dict[str, Any]] = {
-            region: {"edge": edges[region], "devices": [self._wait_ready(d) for d in devices[region]]}
-            for region in self.regions}
-        worker_endpoints = self._wait_ready(worker)
-        for members in regions.values():
-            self._wait_member(members["edge"]["http"], "devices", {d["id"] for d in members["devices"]})
+                "--cloud", cloud["control"], stop_order=1))
+        devices = [self._spawn(f"{region}-device-{d}", "device", "--region", region, "--id", f"{region}-device-{d}",
+                               "--models", str(models), *_only(DEVICE_MODELS), "--master", edge["control"],
+                               stop_order=0)
+                   for region, edge in edges.items() for d in range(self.devices)]
+        for child in (*devices, worker):
+            self._wait_ready(child)
+        for region, edge in edges.items():
+            self._wait_member(edge["http"], "devices", {f"{region}-device-{d}" for d in range(self.devices)})
         self._wait_member(cloud["http"], "edges", {e["id"] for e in edges.values()})
-        self._wait_member(cloud["http"], "workers", {worker_endpoints["id"]})
-        first = regions[self.regions[0]]
-        state = {"workdir": str(self.workdir), "models": str(models), "cloud": cloud, "worker": worker_endpoints,
-                 "regions": regions, "edge": first["edge"],
-                 "devices": [d for r in regions.values() for d in r["devices"]], "pid": os.getpid()}
+        self._wait_member(cloud["http"], "workers", {worker.endpoints["id"]})
+        return self._write_state()
+
+    def state(self) -> dict[str, Any]:
+        """What the state file says: every process's endpoints and pid, and which are down."""
+        by_name = {c.name: {**c.endpoints, "pid": c.launched.pid} for c in self.supervisor.children}
+        regions = {region: {"edge": by_name.get(f"{region}-edge", {}),
+                            "devices": [by_name.get(f"{region}-device-{d}", {}) for d in range(self.devices)]}
+                   for region in self.regions}
+        down = [c.name for c in self.supervisor.children if c.state is not ChildState.RUNNING]
+        return {"workdir": str(self.workdir), "models": str(self._models), "cloud": by_name.get("cloud", {}),
+                "worker": by_name.get("worker-0", {}), "regions": regions, "edge": regions[self.regions[0]]["edge"],
+                "devices": [d for r in regions.values() for d in r["devices"]], "down": down, "pid": os.getpid()}
+
+    def _write_state(self) -> dict[str, Any]:
+        state = self.state()
         write_json_atomic(self.state_file, state)
         return state
 
@@ -125,36 +151,27 @@ class LocalStack:
         raise StackError(f"{sorted(ids - seen)} did not register with the master at {http} ({kind})")
 
     def stop(self) -> None:
-        for child in reversed(self.children):  # devices drain first, then the masters
-            if child.process.poll() is None:
-                child.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
-        for child in self.children:
-            try:
-                child.process.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.process.kill()
-                child.process.wait()
+        self.supervisor.stop(STOP_GRACE_S)  # devices and the worker drain first, then edges, then the cloud
         self.state_file.unlink(missing_ok=True)
 
     def run(self) -> int:
-        """Start, print the endpoints, supervise until a signal or a child's death, stop."""
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        """Check the ports, start, print the endpoints, supervise until SIGINT, SIGTERM or SIGHUP, stop."""
+        taken = [f"{port} ({flag})" for flag, port in self.fixed_ports().items() if not port_free("127.0.0.1", port)]
+        if taken:
+            print(f"fogline up: port {', '.join(taken)} already in use: is another `fogline up` running? "
+                  "(or choose other ports with those flags; 0 = any free port)", file=sys.stderr)
+            return 2
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, lambda *_: self._stop.set())
         code = 0
         try:
-            state = self.start()
-            _print_state(state, self.state_file)
-            while not self._stop.wait(0.5):
-                dead = [c for c in self.children if c.process.poll() is not None]
-                if dead:
-                    print(f"{dead[0].name} exited with {dead[0].process.returncode}; stopping the stack. "
-                          f"Log: {dead[0].log_file}\n{dead[0].log_tail()}", file=sys.stderr)
-                    code = 1
-                    break
+            _print_state(self.start(), self.state_file)
+            while not self._stop.wait(SUPERVISE_TICK_S):
+                self.supervisor.tick()
         except StackError as err:
-            print(f"fogline up failed: {err}", file=sys.stderr)
-            code = 1
+            hint = " Is another `fogline up` running?" if err.port_in_use else ""
+            print(f"fogline up failed: {err}{hint}", file=sys.stderr)
+            code = 2 if err.port_in_use else 1
         finally:
             print("stopping...", file=sys.stderr)
             self.stop()

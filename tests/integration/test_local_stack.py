@@ -3,8 +3,6 @@ device nodes) as a child process, used through ``fogline infer``, stopped by SIG
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,72 +12,25 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.stackrun import FREE_PORTS, STOP_TIMEOUT_S, Up, alive
 from tests.processes import get_json, wait_for
 
 pytestmark = pytest.mark.integration
 
-START_TIMEOUT_S = 90.0
-STOP_TIMEOUT_S = 20.0
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def stack_pids(workdir: Path) -> set[int]:
-    """Every child pid the stack announced (its ready files), whether or not stack.json exists yet."""
-    pids = set()
-    for ready in (workdir / "run").glob("*.json"):
-        try:
-            pids.add(int(json.loads(ready.read_text())["pid"]))
-        except (OSError, ValueError, KeyError):
-            continue
-    return pids
-
 
 @pytest.fixture
-def fogline_up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+def fogline_up(tmp_path: Path) -> Iterator[Up]:
     """``fogline up`` on free ports in a fresh workdir; whatever is left of it is killed at teardown."""
-    workdir = tmp_path / "stack"
-    log = tmp_path / "up.log"
-    with open(log, "wb") as out:
-        up = subprocess.Popen([sys.executable, "-m", "fogline", "up", "--workdir", str(workdir),
-                               "--edge-port", "0", "--edge-http-port", "0", "--cloud-port", "0",
-                               "--cloud-http-port", "0"],
-                              stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                              env={**os.environ, "FOGLINE_LOG_LEVEL": "INFO"})  # the children log draining
+    up = Up(tmp_path / "stack", tmp_path / "up.log", *FREE_PORTS)
     try:
-        yield up, workdir
+        yield up
     finally:
-        children = stack_pids(workdir)
-        if up.poll() is None:
-            up.send_signal(signal.SIGTERM)  # it stops its children itself
-            try:
-                up.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                up.kill()
-                up.wait(10)
-        for pid in children:  # orphans, if `fogline up` could not stop them
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        up.cleanup()
 
 
-def test_fogline_up_infer_and_stop(fogline_up: tuple[subprocess.Popen[bytes], Path], tmp_path: Path) -> None:
-    up, workdir = fogline_up
-    state_file = workdir / "stack.json"
-
-    def started() -> bool:
-        if up.poll() is not None:
-            raise AssertionError(f"fogline up exited with {up.returncode}:\n{(tmp_path / 'up.log').read_text()}")
-        return state_file.is_file()
-
-    wait_for(started, timeout_s=START_TIMEOUT_S, interval_s=0.1, what="fogline up to write stack.json")
-    state = json.loads(state_file.read_text())
-    assert state["pid"] == up.pid
+def test_fogline_up_infer_and_stop(fogline_up: Up) -> None:
+    state, state_file, workdir = fogline_up.wait_up(), fogline_up.state_file, fogline_up.workdir
+    assert state["pid"] == fogline_up.process.pid and state["down"] == []
     cloud, worker, regions = state["cloud"], state["worker"], state["regions"]
     assert sorted(regions) == ["region-a", "region-b"]
     assert all(len(r["devices"]) == 2 for r in regions.values())
@@ -121,9 +72,8 @@ def test_fogline_up_infer_and_stop(fogline_up: tuple[subprocess.Popen[bytes], Pa
     assert "[models.digits]\nmax_prob_below = " in calibrated.stdout, calibrated.stdout
 
     stopping = time.monotonic()
-    up.send_signal(signal.SIGTERM)
-    code = up.wait(STOP_TIMEOUT_S)
-    assert code == 0, (tmp_path / "up.log").read_text()
+    code = fogline_up.stop(signal.SIGTERM)
+    assert code == 0, fogline_up.output()
     assert time.monotonic() - stopping < STOP_TIMEOUT_S
     wait_for(lambda: not any(alive(pid) for pid in pids), timeout_s=5,
              what=f"every process of the stack ({sorted(pids)}) to be gone")
