@@ -1,6 +1,6 @@
 # The two commands a new user needs:
 #   make up     install everything into .venv and start the local stack (`fogline up`)
-#   make test   install everything into .venv and run the test suite (what CI runs)
+#   make test   install everything into .venv, lint, and run the test suite (what CI runs)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -18,13 +18,15 @@ $(VENV)/.installed: pyproject.toml
 up: install
 	$(VENV)/bin/fogline up
 
-test: install
+test: install lint
 	$(PY) tools/gen_protos.py --check
 	$(PY) -m pytest
 
+# ruff, mypy on every package, and the import contracts in pyproject.toml (the layers of docs/architecture.md)
 lint: install
 	$(VENV)/bin/ruff check fogline edge_master device_node cloud_master tests bench tools
-	$(VENV)/bin/mypy fogline edge_master device_node
+	$(VENV)/bin/mypy fogline edge_master device_node cloud_master
+	$(VENV)/bin/lint-imports
 
 bench: install
 	$(PY) -m bench

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import grpc
 
-from fogline.grpc.server import DEFAULT_MAX_MESSAGE_BYTES, channel_options
-from fogline.service import write_json_atomic
+from fogline.adapters.grpc.server import DEFAULT_MAX_MESSAGE_BYTES, channel_options
+from fogline.servers.process import write_json_atomic
 
 SERVICE = "inference.GRPCInferenceService"
 
@@ -35,7 +35,7 @@ def echo_handler(response: bytes) -> grpc.GenericRpcHandler:
 
 async def serve(response: bytes, host: str, ready_file: Path) -> None:
     """Serve until SIGTERM/SIGINT; the bound endpoint goes to ``ready_file`` as JSON."""
-    # The same server options as fogline.grpc.server.create_server, without the health service.
+    # The same server options as fogline.adapters.grpc.server.create_server, without the health service.
     server = grpc.aio.server(options=[*channel_options(DEFAULT_MAX_MESSAGE_BYTES), ("grpc.so_reuseport", 0)])
     server.add_generic_rpc_handlers((echo_handler(response),))
     port = server.add_insecure_port(f"{host}:0")

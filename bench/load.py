@@ -17,7 +17,7 @@ import grpc
 from bench.cpu import CpuSnapshot, cpu_delta, cpu_snapshot
 from bench.results import Measurement
 from bench.servers import get_json
-from fogline.grpc.server import DEFAULT_MAX_MESSAGE_BYTES, channel_options
+from fogline.adapters.grpc.server import DEFAULT_MAX_MESSAGE_BYTES, channel_options
 
 INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 CALL_TIMEOUT_S = 30.0

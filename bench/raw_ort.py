@@ -1,6 +1,6 @@
 """Raw ONNX Runtime in-process: the physical limit the servers are compared with.
 
-Sessions are built as the device node builds them (:class:`fogline.runtime.onnx.OnnxRuntimeModel`
+Sessions are built as the device node builds them (:class:`fogline.adapters.runtime.onnx.OnnxRuntimeModel`
 from the model's ``config.toml``: ``allow_spinning=0``, same providers), in two setups
 (:func:`raw_setups`): one run at a time on every core (``intra_op_threads`` left to ONNX Runtime),
 and the device's own (the config's ``intra_op_threads``, as many runs at once as ``[batching]
@@ -22,10 +22,9 @@ import numpy as np
 from bench.cpu import cpu_delta, cpu_snapshot
 from bench.load import CLIENT, Window
 from bench.results import ALL_CORES, Measurement, RawSetup
-from fogline.datatypes import numpy_dtype
-from fogline.repository import ModelConfig
-from fogline.runtime.onnx import OnnxRuntimeModel
-from fogline.types import ModelSpec
+from fogline.adapters.runtime.onnx import OnnxRuntimeModel
+from fogline.core.serving.repository import ModelConfig
+from fogline.core.tensors import ModelSpec, numpy_dtype
 
 Tensors = dict[str, np.ndarray]
 T = TypeVar("T")

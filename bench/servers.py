@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fogline.launch import START_TIMEOUT_S, Launched, launch, wait_ready
+from fogline.local.launch import START_TIMEOUT_S, Launched, launch, wait_ready
 
 LOG_LEVEL = "WARNING"  # no per-request logging in the processes being measured
 

@@ -19,10 +19,10 @@ from bench.load import Request, Target, Window, call_once, run_load
 from bench.raw_ort import load_sessions, measure_runs, random_inputs, repeat_rows
 from bench.results import ALL_CORES, DEVICE, DEVICE_NO_BATCHING, ECHO, EDGE, ORT, ORT_BATCHED, Case, RawSetup, Results
 from bench.servers import Server, Servers, wait_registered
-from fogline.grpc.codec import encode_request
-from fogline.repository import load_model
-from fogline.runtime.onnx import OnnxRuntimeModel
-from fogline.samples import build_sample_repository
+from fogline.adapters.grpc.codec import encode_request
+from fogline.adapters.runtime.onnx import OnnxRuntimeModel
+from fogline.core.serving.repository import load_model
+from fogline.local.samples import build_sample_repository
 
 MODELS = ("mlp", "cnn")
 CONCURRENCIES = (1, 32)

@@ -3,7 +3,7 @@ control plane — edge masters and GPU workers register with it — a global V2 
 forwards to a region's edge master, and the topology) and GPU workers (``fogline worker``,
 :mod:`cloud_master.worker`). Escalation from the edges to the workers is still to come.
 
-Only the worker imports torch (through ``fogline.runtime.torch``), so this package does not import
+Only the worker imports torch (through ``fogline.adapters.runtime.torch``), so this package does not import
 it on its own: the cloud master must run without torch.
 """
 

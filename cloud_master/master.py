@@ -12,17 +12,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fogline.catalog import Catalog, describe, load_catalog
-from fogline.discovery import ConsulFollower, LiveConfig
-from fogline.dispatch import RegionalDispatch
-from fogline.grpc.control import ControlServicer
-from fogline.grpc.forward import RegionalBackend
-from fogline.grpc.upstream import GrpcUpstream, StreamUpstream
-from fogline.http.peers import fetch_statuses
-from fogline.master import Master, MasterSettings
-from fogline.membership import MembershipLoop
-from fogline.registry import Load, Member, MemberState
-from fogline.topology import TopologyPublisher
+from fogline.adapters.consul.discovery import ConsulFollower, LiveConfig
+from fogline.adapters.grpc.control import ControlServicer
+from fogline.adapters.grpc.forward import RegionalBackend
+from fogline.adapters.grpc.upstream import GrpcUpstream, StreamUpstream
+from fogline.adapters.http.peers import fetch_statuses
+from fogline.core.control.membership import MembershipLoop
+from fogline.core.control.registry import Load, Member, MemberState
+from fogline.core.control.topology import TopologyPublisher
+from fogline.core.escalation.catalog import Catalog, describe, load_catalog
+from fogline.core.routing.dispatch import RegionalDispatch
+from fogline.servers.master import Master, MasterSettings
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class CloudSettings(MasterSettings):
     peer_status_timeout_s: float = 1.0
     """How long /v1/topology waits for each member's own status."""
     catalog: Path | None = None
-    """The model catalog (TOML, see ``fogline.catalog``); None: every model runs where it is held.
+    """The model catalog (TOML, see ``fogline.core.escalation.catalog``); None: every model runs where it is held.
     With ``consul``, a catalog in Consul KV overrides it."""
     topology_refresh_s: float = 2.0
     """Edge masters get the workers and catalog on every change and at least this often."""

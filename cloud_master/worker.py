@@ -7,11 +7,11 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
-from fogline.model_server import ModelServer, ModelServerSettings
-from fogline.repository import ConfigError, ModelConfig
-from fogline.runtime import Runtime
-from fogline.runtime.onnx import OnnxRuntimeModel
-from fogline.runtime.torch import TorchModel, choose_device, describe_device, memory_usage
+from fogline.adapters.runtime import Runtime
+from fogline.adapters.runtime.onnx import OnnxRuntimeModel
+from fogline.adapters.runtime.torch import TorchModel, choose_device, describe_device, memory_usage
+from fogline.core.serving.repository import ConfigError, ModelConfig
+from fogline.servers.model_server import ModelServer, ModelServerSettings
 
 
 @dataclass(kw_only=True)

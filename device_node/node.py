@@ -6,9 +6,9 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, field
 
-from fogline.model_server import ModelServer, ModelServerSettings
-from fogline.repository import ConfigError, ModelConfig
-from fogline.runtime.onnx import OnnxRuntimeModel
+from fogline.adapters.runtime.onnx import OnnxRuntimeModel
+from fogline.core.serving.repository import ConfigError, ModelConfig
+from fogline.servers.model_server import ModelServer, ModelServerSettings
 
 
 @dataclass(kw_only=True)

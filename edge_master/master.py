@@ -12,20 +12,20 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from fogline.catalog import Catalog
-from fogline.discovery import ConsulFollower, LiveConfig
-from fogline.dispatch import Dispatcher
-from fogline.edge_router import EdgeRouter, EdgeRoutingSettings, Routed
-from fogline.grpc.control import ControlServicer, GrpcControlClient
-from fogline.grpc.forward import EdgeBackend, V2Wire
-from fogline.grpc.upstream import GrpcUpstream, StreamUpstream
-from fogline.master import Master, MasterSettings
-from fogline.membership import MembershipLoop
-from fogline.metrics import GaugeSample
-from fogline.registry import Load, Member, MemberState
-from fogline.resilience import CircuitBreaker
-from fogline.routing import EndpointPool
-from fogline.topology import TopologyFollower, TopologySnapshot, worker_states
+from fogline.adapters.consul.discovery import ConsulFollower, LiveConfig
+from fogline.adapters.grpc.control import ControlServicer, GrpcControlClient
+from fogline.adapters.grpc.forward import EdgeBackend, V2Wire
+from fogline.adapters.grpc.upstream import GrpcUpstream, StreamUpstream
+from fogline.adapters.metrics import GaugeSample
+from fogline.core.control.membership import MembershipLoop
+from fogline.core.control.registry import Load, Member, MemberState
+from fogline.core.control.topology import TopologyFollower, TopologySnapshot, worker_states
+from fogline.core.escalation.catalog import Catalog
+from fogline.core.escalation.router import EdgeRouter, EdgeRoutingSettings, Routed
+from fogline.core.routing.breaker import CircuitBreaker
+from fogline.core.routing.dispatch import Dispatcher
+from fogline.core.routing.pool import EndpointPool
+from fogline.servers.master import Master, MasterSettings
 
 log = logging.getLogger(__name__)
 

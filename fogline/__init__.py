@@ -3,8 +3,7 @@
 The client SDK is :class:`fogline.Client` (asyncio) and :class:`fogline.SyncClient`.
 """
 
-__version__ = "0.1.0"
-
+from fogline._version import __version__
 from fogline.errors import (
     DeadlineExceededError,
     ErrorCode,
@@ -24,9 +23,9 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    # NOTE: the SDK pulls in grpc; importing the core (fogline.batching, ...) must not.
+    # NOTE: the SDK pulls in grpc; importing the core (fogline.core.serving.batching, ...) must not.
     if name in ("Client", "SyncClient", "InferResult"):
-        from fogline import client
+        from fogline.sdk import client
 
         return getattr(client, name)
     raise AttributeError(f"module 'fogline' has no attribute {name!r}")

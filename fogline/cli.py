@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from fogline.discovery import ConsulDiscovery
-    from fogline.model_server import ModelServerSettings
+    from fogline.adapters.consul.discovery import ConsulDiscovery
+    from fogline.servers.model_server import ModelServerSettings
 
-from fogline.catalog import CatalogError
-from fogline.repository import ConfigError
+from fogline.core.escalation.catalog import CatalogError
+from fogline.core.serving.repository import ConfigError
 
 S = TypeVar("S", bound="ModelServerSettings")
 
@@ -166,8 +166,8 @@ def _consul(args: argparse.Namespace) -> ConsulDiscovery | None:
     """The Consul discovery the flags and Consul's environment variables ask for; None: embedded."""
     if args.discovery != "consul":
         return None
-    from fogline.consul import ConsulSettings
-    from fogline.discovery import ConsulDiscovery
+    from fogline.adapters.consul.client import ConsulSettings
+    from fogline.adapters.consul.discovery import ConsulDiscovery
 
     overrides = {"address": args.consul_addr} if args.consul_addr else {}
     return ConsulDiscovery(consul=ConsulSettings.from_env(**overrides), check_interval_s=args.consul_check_interval_s,
@@ -190,7 +190,7 @@ def _model_server_settings(cls: type[S], args: argparse.Namespace, **extra: Any)
 
 def _device(args: argparse.Namespace) -> int:
     from device_node import DeviceNode, DeviceSettings
-    from fogline.service import run
+    from fogline.servers.process import run
 
     providers = args.providers.split(",") if args.providers else None
     node = DeviceNode(_model_server_settings(DeviceSettings, args, providers=providers))
@@ -199,7 +199,7 @@ def _device(args: argparse.Namespace) -> int:
 
 def _worker(args: argparse.Namespace) -> int:
     from cloud_master.worker import GpuWorker, WorkerSettings
-    from fogline.service import run
+    from fogline.servers.process import run
 
     worker = GpuWorker(_model_server_settings(WorkerSettings, args, device=args.device))
     return run(worker, args.ready_file, args.parent_pid)
@@ -207,10 +207,10 @@ def _worker(args: argparse.Namespace) -> int:
 
 def _edge(args: argparse.Namespace) -> int:
     from edge_master import EdgeMaster, EdgeSettings
-    from fogline.dispatch import DispatchSettings
-    from fogline.edge_router import EdgeRoutingSettings
-    from fogline.resilience import BreakerSettings
-    from fogline.service import run
+    from fogline.core.escalation.router import EdgeRoutingSettings
+    from fogline.core.routing.breaker import BreakerSettings
+    from fogline.core.routing.dispatch import DispatchSettings
+    from fogline.servers.process import run
 
     settings = EdgeSettings(
         region=args.region, host=args.host, advertise_host=args.advertise_host, grpc_port=args.grpc_port,
@@ -230,7 +230,7 @@ def _edge(args: argparse.Namespace) -> int:
 
 def _cloud(args: argparse.Namespace) -> int:
     from cloud_master import CloudMaster, CloudSettings
-    from fogline.service import run
+    from fogline.servers.process import run
 
     settings = CloudSettings(
         host=args.host, advertise_host=args.advertise_host, grpc_port=args.grpc_port,
@@ -244,7 +244,7 @@ def _cloud(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from fogline.stack import LocalStack
+    from fogline.local.stack import LocalStack
 
     return LocalStack(args.workdir, edge_port=args.edge_port, edge_http_port=args.edge_http_port,
                       cloud_port=args.cloud_port, cloud_http_port=args.cloud_http_port, regions=args.regions,
@@ -252,7 +252,7 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _samples(args: argparse.Namespace) -> int:
-    from fogline.samples import build_sample_repository
+    from fogline.local.samples import build_sample_repository
 
     print(build_sample_repository(args.directory, force=True))
     return 0
@@ -272,8 +272,8 @@ def _stack_edge(url: str | None, state: Path) -> str | None:
 def _calibrate(args: argparse.Namespace) -> int:
     import asyncio
 
-    from fogline.calibrate import calibrate
     from fogline.errors import FoglineError
+    from fogline.sdk.calibrate import calibrate
 
     url = _stack_edge(args.url, args.state)
     if url is None:
@@ -291,9 +291,9 @@ def _calibrate(args: argparse.Namespace) -> int:
 def _infer(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from fogline.client import SyncClient
-    from fogline.datatypes import numpy_dtype
+    from fogline.core.tensors import numpy_dtype
     from fogline.errors import FoglineError
+    from fogline.sdk.client import SyncClient
 
     url = _stack_edge(args.url, args.state)
     if url is None:

@@ -2,7 +2,7 @@
 
 Every failure a caller can act on is a :class:`FoglineError` carrying an :class:`ErrorCode`.
 The core never imports a protocol library: each adapter maps the code straight to its own
-status (``fogline.grpc.status`` for gRPC, ``fogline.http`` for HTTP).
+status (``fogline.adapters.grpc.status`` for gRPC, ``fogline.adapters.http`` for HTTP).
 
     FoglineError
     ├── ModelNotFoundError      NOT_FOUND           unknown model or version

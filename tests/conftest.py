@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fogline.samples import build_sample_repository
+from fogline.local.samples import build_sample_repository
 from tests.processes import ProcessGroup
 
 

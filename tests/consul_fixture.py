@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from fogline.consul import ConsulSettings
+from fogline.adapters.consul.client import ConsulSettings
 from tests.consul_standin import ConsulStandIn
 
 ACL_TOKEN = "a2f3c1d0-5e6b-4c7a-9d8e-0f1e2d3c4b5a"

@@ -8,7 +8,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from fogline.launch import Launched, launch, wait_ready
+from fogline.local.launch import Launched, launch, wait_ready
 
 
 class ProcessGroup:

@@ -11,8 +11,8 @@ import pytest
 
 from device_node import DeviceNode, DeviceSettings
 from fogline import Client, SyncClient
+from fogline.adapters.grpc.server import bind
 from fogline.errors import DeadlineExceededError, UnavailableError
-from fogline.grpc.server import bind
 
 X = {"input": np.ones((1, 64), np.float32)}
 
@@ -80,7 +80,7 @@ def test_the_sync_client_works_without_an_event_loop(sample_models) -> None:
 
 
 async def test_the_client_leaves_a_failed_endpoint_and_comes_back_when_it_recovers(sample_models) -> None:  # type: ignore[no-untyped-def]
-    from fogline.resilience import BreakerSettings
+    from fogline.core.routing.breaker import BreakerSettings
 
     def node(port: int, name: str) -> DeviceNode:
         return DeviceNode(DeviceSettings(model_repository=sample_models, node_id=name, grpc_port=port))

@@ -1,4 +1,4 @@
-"""fogline.consul against a Consul agent: the stand-in, or a real ``consul agent -dev`` when installed.
+"""fogline.adapters.consul against a Consul agent: the stand-in, or a real ``consul agent -dev`` when installed.
 
 Real gRPC servers with grpc.health.v1 stand for the members; the agent really probes them.
 """
@@ -15,19 +15,13 @@ from typing import Any
 import pytest
 from grpc_health.v1 import health
 
-from fogline.consul import (
-    ConsulControlPlane,
-    ConsulSettings,
-    KVWatch,
-    ServiceWatch,
-    member_from_health_entry,
-    member_to_service,
-    open_client,
-)
+from fogline.adapters.consul.client import ConsulSettings, member_from_health_entry, member_to_service, open_client
+from fogline.adapters.consul.registration import ConsulControlPlane
+from fogline.adapters.consul.watch import KVWatch, ServiceWatch
+from fogline.adapters.grpc.server import bind, create_server, set_serving
+from fogline.core.control.membership import MembershipLoop
+from fogline.core.control.registry import Load, Member
 from fogline.errors import InvalidInputError, UnavailableError
-from fogline.grpc.server import bind, create_server, set_serving
-from fogline.membership import MembershipLoop
-from fogline.registry import Load, Member
 from tests.consul_fixture import ACL_TOKEN, ConsulAgent, consul_acl_agent, consul_agent, consul_standin
 
 __all__ = ["consul_acl_agent", "consul_agent", "consul_standin"]  # fixtures used by name

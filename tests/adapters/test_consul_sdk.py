@@ -11,7 +11,8 @@ import numpy as np
 from device_node import DeviceNode, DeviceSettings
 from edge_master import EdgeMaster, EdgeSettings
 from fogline import Client
-from fogline.discovery import ConsulDiscovery, EdgeFollower, find_edges
+from fogline.adapters.consul.discovery import ConsulDiscovery
+from fogline.sdk.edges import EdgeFollower, find_edges
 from tests.adapters.conftest import until
 from tests.consul_fixture import ConsulAgent, consul_standin  # noqa: F401  (fixture)
 

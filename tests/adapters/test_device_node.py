@@ -17,9 +17,9 @@ from device_node import DeviceNode, DeviceSettings
 from fogline import Client
 from fogline._proto import inference_pb2 as pb
 from fogline._proto import inference_pb2_grpc as pb_grpc
+from fogline.adapters.grpc.codec import decode_outputs
+from fogline.core.serving.repository import ConfigError
 from fogline.errors import FoglineError
-from fogline.grpc.codec import decode_outputs
-from fogline.repository import ConfigError
 from tests.adapters.conftest import until
 
 

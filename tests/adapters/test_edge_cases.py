@@ -27,14 +27,13 @@ from edge_master import EdgeMaster, EdgeSettings
 from fogline import Client
 from fogline._proto import inference_pb2 as pb
 from fogline._proto import inference_pb2_grpc as pb_grpc
-from fogline.catalog import Catalog
-from fogline.digits import CATALOG_FILE
-from fogline.dispatch import DispatchSettings
-from fogline.edge_router import EdgeRoutingSettings
+from fogline.adapters.grpc.codec import encode_request
+from fogline.adapters.grpc.status import MAX_DETAILS_BYTES
+from fogline.core.escalation.catalog import Catalog, CatalogEntry, Placement
+from fogline.core.escalation.router import EdgeRoutingSettings
+from fogline.core.routing.dispatch import DispatchSettings
 from fogline.errors import ErrorCode, PayloadTooLargeError
-from fogline.escalation import CatalogEntry, Placement
-from fogline.grpc.codec import encode_request
-from fogline.grpc.status import MAX_DETAILS_BYTES
+from fogline.local.digits import CATALOG_FILE
 from tests.adapters.conftest import MAX_MESSAGE_BYTES, until
 
 GOOD = {"input": np.ones((1, 64), np.float32)}
@@ -187,7 +186,7 @@ async def test_a_ten_thousand_character_model_name_is_still_not_found(tier: tupl
     assert err.code() is grpc.StatusCode.NOT_FOUND
     details = err.details()
     assert len(details.encode()) <= MAX_DETAILS_BYTES and details.startswith("model 'xxxxx")
-    if name != "cloud":  # NOTE: the cloud master's NOT_FOUND is fogline.dispatch's, cut short by the status alone
+    if name != "cloud":  # NOTE: the cloud master's NOT_FOUND is fogline.core.routing.dispatch's, cut short by the status alone
         assert "x…' (10000 characters) is not served" in details and len(details) < 400
     async with grpc.aio.insecure_channel(address) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as info:

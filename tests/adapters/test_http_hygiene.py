@@ -13,9 +13,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from fogline.adapters.http import start_http
+from fogline.adapters.metrics import Metrics
 from fogline.errors import PortInUseError
-from fogline.http import start_http
-from fogline.metrics import Metrics
 
 HEADER_TIMEOUT_S = 0.5
 CLOSE_DEADLINE_S = 5.0  # generous: a loaded machine may be late to fire the timer, never early

@@ -14,7 +14,7 @@ from cloud_master import CloudMaster, CloudSettings
 from device_node import DeviceNode, DeviceSettings
 from edge_master import EdgeMaster
 from fogline import Client
-from fogline.master import Master
+from fogline.servers.master import Master
 from tests.adapters.conftest import MAX_MESSAGE_BYTES, until
 from tests.adapters.test_cloud_master import Region, start_region, stop_region
 

@@ -14,8 +14,8 @@ from device_node import DeviceNode, DeviceSettings
 from edge_master import EdgeMaster, EdgeSettings
 from fogline import Client
 from fogline._proto import inference_pb2_grpc as pb_grpc
+from fogline.adapters.grpc.codec import decode_outputs, encode_request
 from fogline.errors import DeadlineExceededError, ErrorCode, FoglineError
-from fogline.grpc.codec import decode_outputs, encode_request
 from tests.adapters.conftest import until
 
 X = {"input": np.ones((1, 64), np.float32)}

@@ -49,7 +49,7 @@ class Outcome:
     session: str | None
     started: float
     finished: float
-    result: Any = None  # fogline.client.InferResult
+    result: Any = None  # fogline.sdk.client.InferResult
     error: BaseException | None = None
 
     @property

@@ -12,8 +12,8 @@ import numpy as np
 import onnxruntime
 import pytest
 
-from fogline.client import SyncClient
-from fogline.samples import MLP_CONFIG, build_mlp
+from fogline.local.samples import MLP_CONFIG, build_mlp
+from fogline.sdk.client import SyncClient
 from tests.processes import ProcessGroup
 
 pytestmark = pytest.mark.integration

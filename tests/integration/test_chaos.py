@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from fogline.client import Client
-from fogline.launch import Launched
+from fogline.local.launch import Launched
+from fogline.sdk.client import Client
 from tests.integration.loadgen import Load, make_inputs, poll
 from tests.processes import ProcessGroup, get_json, registered_devices, wait_for
 

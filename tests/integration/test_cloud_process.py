@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fogline.client import Client
+from fogline.sdk.client import Client
 from tests.processes import ProcessGroup, get_json, wait_for
 
 pytestmark = pytest.mark.integration

@@ -19,9 +19,9 @@ import aiohttp
 import numpy as np
 import pytest
 
-from fogline.client import Client
-from fogline.discovery import find_edges
-from fogline.launch import Launched, wait_ready
+from fogline.local.launch import Launched, wait_ready
+from fogline.sdk.client import Client
+from fogline.sdk.edges import find_edges
 from tests.consul_fixture import ConsulAgent, consul_agent, consul_standin  # noqa: F401  (fixtures)
 from tests.integration.loadgen import Load, make_inputs, poll
 from tests.processes import get_json

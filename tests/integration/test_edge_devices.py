@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fogline.client import Client
+from fogline.sdk.client import Client
 from tests.integration.loadgen import Load, Reference, check_results, make_inputs, poll, start_region
 from tests.processes import ProcessGroup, get_json, registered_devices
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fogline import digits
-from fogline.catalog import load_catalog
-from fogline.client import Client, SyncClient
+from fogline.core.escalation.catalog import load_catalog
 from fogline.errors import ErrorCode, FoglineError
-from fogline.launch import Launched, wait_ready
+from fogline.local import digits
+from fogline.local.launch import Launched, wait_ready
+from fogline.sdk.client import Client, SyncClient
 from tests.integration.loadgen import make_inputs
 from tests.processes import ProcessGroup, get_json, wait_for
 

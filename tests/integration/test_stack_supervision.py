@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from fogline import digits
-from fogline.catalog import load_catalog
-from fogline.client import Client, SyncClient
-from fogline.ports import port_free
+from fogline.adapters.ports import port_free
+from fogline.core.escalation.catalog import load_catalog
+from fogline.local import digits
+from fogline.sdk.client import Client, SyncClient
 from tests.integration.loadgen import Load, Reference, check_results, make_inputs, poll
 from tests.integration.stackrun import DEFAULT_PORTS, FREE_PORTS, Up, alive, seed_models
 from tests.processes import get_json, wait_for

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from fogline.client import SyncClient
-from fogline.ports import port_free
-from fogline.supervisor import ChildState, RestartSettings, Supervisor
+from fogline.adapters.ports import port_free
+from fogline.local.supervisor import ChildState, RestartSettings, Supervisor
+from fogline.sdk.client import SyncClient
 from tests.processes import wait_for
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from fogline.client import SyncClient
+from fogline.sdk.client import SyncClient
 from tests.processes import ProcessGroup, get_json
 from tests.torch_models import Classifier, classifier_repository
 

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from fogline.batching import BatchingSettings, DynamicBatcher
+from fogline.core.serving.batching import BatchingSettings, DynamicBatcher
 from fogline.errors import DeadlineExceededError, InternalError, OverloadedError
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fogline.calibrate import choose, load_validation, report
-from fogline.catalog import parse_catalog
+from fogline.core.escalation.catalog import parse_catalog
 from fogline.errors import InvalidInputError
+from fogline.sdk.calibrate import choose, load_validation, report
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from fogline.catalog import Catalog, CatalogError, load_catalog, parse_catalog
-from fogline.escalation import HardnessRule, Placement
+from fogline.core.escalation.catalog import Catalog, CatalogError, Placement, load_catalog, parse_catalog
+from fogline.core.escalation.hardness import HardnessRule
 
 GOOD = """
 [models.digits]

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from fogline._proto import inference_pb2 as pb
-from fogline.errors import InvalidInputError
-from fogline.grpc.codec import (
+from fogline.adapters.grpc.codec import (
     decode_outputs,
     decode_parameters,
     decode_request,
@@ -17,7 +16,8 @@ from fogline.grpc.codec import (
     set_parameters,
     string_parameter,
 )
-from fogline.types import InferResponse
+from fogline.core.tensors import InferResponse
+from fogline.errors import InvalidInputError
 
 SAMPLES = {
     "BOOL": np.array([[True, False, True]]),

@@ -18,8 +18,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from fogline import digits
-from fogline.digits import LARGE, SMALL, SPLIT_FILE, Split
+from fogline.local import digits
+from fogline.local.digits import LARGE, SMALL, SPLIT_FILE, Split
 
 TEST_ROWS = VAL_ROWS = 360  # 20% of the 1,797 digits each
 
@@ -68,7 +68,7 @@ def test_the_repository_has_both_models_their_configs_and_the_split(repo: Path) 
 
 
 def test_the_small_config_loads_through_the_model_repository(repo: Path) -> None:
-    from fogline.repository import load_model
+    from fogline.core.serving.repository import load_model
 
     config = load_model(repo / SMALL)
     assert (config.platform, config.version, config.max_batch_size) == ("onnxruntime", "1", 64)
@@ -225,8 +225,8 @@ def test_importing_the_module_imports_neither_torch_nor_sklearn() -> None:
 
 def test_the_catalog_holds_the_digits_cascade_that_meets_the_goal_on_the_test_split(
         repo: Path, split: Split, small_test: np.ndarray, large_test: np.ndarray) -> None:
-    from fogline.catalog import load_catalog
-    from fogline.escalation import Placement, evaluate
+    from fogline.core.escalation.calibration import evaluate
+    from fogline.core.escalation.catalog import Placement, load_catalog
 
     entry = load_catalog(repo / digits.CATALOG_FILE).entries["digits"]
     assert (entry.placement, entry.device_model, entry.cloud_model, entry.output) == (

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from fogline.consul import ConsulSettings
-from fogline.discovery import ConsulDiscovery, LiveConfig
+from fogline.adapters.consul.client import ConsulSettings
+from fogline.adapters.consul.discovery import ConsulDiscovery, LiveConfig
 
 CATALOG = b'[models.alias]\nplacement = "device"\ndevice_model = "mlp"\n'
 

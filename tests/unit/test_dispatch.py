@@ -7,7 +7,11 @@ import random
 
 import pytest
 
-from fogline.dispatch import Dispatcher, DispatchSettings, RegionalDispatch
+from fogline.core.control.registry import Load, Member, MemberState
+from fogline.core.routing.breaker import BreakerSettings, BreakerState, CircuitBreaker, Outcome
+from fogline.core.routing.dispatch import Dispatcher, DispatchSettings, RegionalDispatch
+from fogline.core.routing.pool import EndpointPool
+from fogline.core.routing.resilience import RetryBudgetSettings
 from fogline.errors import (
     DeadlineExceededError,
     ErrorCode,
@@ -17,9 +21,6 @@ from fogline.errors import (
     OverloadedError,
     UnavailableError,
 )
-from fogline.registry import Load, Member, MemberState
-from fogline.resilience import BreakerSettings, BreakerState, CircuitBreaker, Outcome, RetryBudgetSettings
-from fogline.routing import EndpointPool
 
 # One failure opens a circuit: crisp outcomes (the breaker's own rules are tested in test_resilience).
 BREAKER = BreakerSettings(consecutive_failures=1, open_jitter=0.0)
@@ -34,7 +35,7 @@ class Clock:
 
 
 class FakeUpstream:
-    """Implements fogline.dispatch.Upstream: answers, or fails with a given error."""
+    """Implements fogline.core.routing.dispatch.Upstream: answers, or fails with a given error."""
 
     def __init__(self, name: str, error: FoglineError | None = None, clock: Clock | None = None,
                  takes_s: float = 0.0) -> None:

@@ -9,9 +9,13 @@ import random
 import numpy as np
 import pytest
 
-from fogline.catalog import Catalog
-from fogline.dispatch import Dispatcher, DispatchSettings
-from fogline.edge_router import EdgeRouter, EdgeRoutingSettings
+from fogline.core.control.registry import Load, Member, MemberState
+from fogline.core.escalation.catalog import Catalog, CatalogEntry, Placement
+from fogline.core.escalation.hardness import HardnessRule
+from fogline.core.escalation.router import EdgeRouter, EdgeRoutingSettings
+from fogline.core.routing.breaker import BreakerSettings, CircuitBreaker
+from fogline.core.routing.dispatch import Dispatcher, DispatchSettings
+from fogline.core.routing.pool import EndpointPool
 from fogline.errors import (
     DeadlineExceededError,
     ErrorCode,
@@ -22,10 +26,6 @@ from fogline.errors import (
     OverloadedError,
     UnavailableError,
 )
-from fogline.escalation import CatalogEntry, HardnessRule, Placement
-from fogline.registry import Load, Member, MemberState
-from fogline.resilience import BreakerSettings, CircuitBreaker
-from fogline.routing import EndpointPool
 
 EASY, HARD, NAN = b"easy", b"hard", b"nan"
 PROBS = {EASY: [[0.95, 0.05]], HARD: [[0.55, 0.45]], NAN: [[np.nan, np.nan]]}  # NAN: what NaN inputs give

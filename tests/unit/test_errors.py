@@ -5,6 +5,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from fogline.adapters.grpc.status import MAX_DETAILS_BYTES, TO_GRPC, from_rpc_error, status_details, trailing_metadata
+from fogline.adapters.http.status import HTTP_STATUS
 from fogline.errors import (
     ECHO_MAX_CHARS,
     ECHO_MAX_ITEMS,
@@ -15,8 +17,6 @@ from fogline.errors import (
     echo_names,
     error_for_code,
 )
-from fogline.grpc.status import MAX_DETAILS_BYTES, TO_GRPC, from_rpc_error, status_details, trailing_metadata
-from fogline.http.status import HTTP_STATUS
 
 EXPECTED = {
     ErrorCode.NOT_FOUND: (grpc.StatusCode.NOT_FOUND, 404),

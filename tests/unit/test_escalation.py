@@ -11,23 +11,18 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from fogline.errors import ErrorCode, FoglineError, InvalidInputError, OverloadedError, UnavailableError
-from fogline.escalation import (
+from fogline.core.escalation.calibration import evaluate, lowest_rate_within, threshold_for_rate
+from fogline.core.escalation.catalog import CatalogEntry, Placement
+from fogline.core.escalation.hardness import HardnessRule, scores
+from fogline.core.escalation.policy import (
     CascadeVerdict,
-    CatalogEntry,
     Decision,
     DeviceState,
     EscalationPolicy,
-    HardnessRule,
-    Placement,
     PolicySettings,
-    evaluate,
-    lowest_rate_within,
     resolve_cascade,
-    scores,
-    threshold_for_rate,
 )
-from fogline.types import (
+from fogline.core.parameters import (
     ROUTE_CASCADE_EASY,
     ROUTE_CASCADE_HARD,
     ROUTE_DEGRADED,
@@ -36,6 +31,7 @@ from fogline.types import (
     ROUTE_OVERFLOW,
     ROUTE_PLACEMENT,
 )
+from fogline.errors import ErrorCode, FoglineError, InvalidInputError, OverloadedError, UnavailableError
 
 
 class Clock:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from prometheus_client import generate_latest
 
-from fogline.metrics import Metrics
+from fogline.adapters.metrics import Metrics
 
 
 def series_of(metrics: Metrics, endpoint: str) -> list[str]:

@@ -7,14 +7,14 @@ import sys
 
 import pytest
 
-from fogline.runtime import onnx as onnx_runtime
+from fogline.adapters.runtime import onnx as onnx_runtime
 
 
-@pytest.mark.parametrize("module", ["device_node.node", "edge_master.master", "fogline.cli", "fogline.client",
-                                    "fogline.model_server", "cloud_master", "fogline.edge_router",
-                                    "fogline.calibrate", "fogline.topology"])
+@pytest.mark.parametrize("module", ["device_node.node", "edge_master.master", "fogline.cli", "fogline.sdk.client",
+                                    "fogline.servers.model_server", "cloud_master", "fogline.core.escalation.router",
+                                    "fogline.sdk.calibrate", "fogline.core.control.topology"])
 def test_edge_tiers_and_the_sdk_never_import_torch(module: str) -> None:
-    code = (f"import sys, {module}, fogline.stack, fogline.grpc.forward, fogline.runtime.onnx; "
+    code = (f"import sys, {module}, fogline.local.stack, fogline.adapters.grpc.forward, fogline.adapters.runtime.onnx; "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 

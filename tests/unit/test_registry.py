@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fogline.registry import EmbeddedRegistry, Load, Member
+from fogline.core.control.registry import EmbeddedRegistry, Load, Member
 
 
 class Clock:
@@ -69,7 +69,7 @@ def test_heartbeat_interval_must_be_shorter_than_the_ttl() -> None:
 
 
 def test_members_from_an_external_registry_are_set_per_service_and_never_expired() -> None:
-    from fogline.registry import EmbeddedRegistry, Load, Member
+    from fogline.core.control.registry import EmbeddedRegistry, Load, Member
 
     now = [0.0]
     registry = EmbeddedRegistry(ttl_s=3.0, clock=lambda: now[0])

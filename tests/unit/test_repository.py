@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from onnx import TensorProto, helper, save
 
-from fogline.repository import ConfigError, ModelConfig, load_model, load_repository
-from fogline.runtime.onnx import OnnxRuntimeModel
-from fogline.types import TensorSpec
+from fogline.adapters.runtime.onnx import OnnxRuntimeModel
+from fogline.core.serving.repository import ConfigError, ModelConfig, load_model, load_repository
+from fogline.core.tensors import TensorSpec
 
 CONFIG = """\
 max_batch_size = 8

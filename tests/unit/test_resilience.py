@@ -6,20 +6,18 @@ import random
 
 import pytest
 
-from fogline.errors import ErrorCode
-from fogline.resilience import (
+from fogline.core.routing.breaker import (
     BreakerSettings,
     BreakerState,
     CircuitBreaker,
-    EjectionLimits,
     EndpointHealth,
     Outcome,
     Permit,
     PermitKind,
-    RetryBudget,
-    RetryBudgetSettings,
     classify,
 )
+from fogline.core.routing.resilience import EjectionLimits, RetryBudget, RetryBudgetSettings
+from fogline.errors import ErrorCode
 
 OK, FAIL = Outcome.SUCCESS, Outcome.FAILURE
 FAST = 0.01  # s, an ordinary edge call

@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from fogline.registry import Load, Member, MemberState
-from fogline.routing import Endpoint, EndpointPool, HashRing, power_of_two_choices
+from fogline.core.control.registry import Load, Member, MemberState
+from fogline.core.routing.pool import Endpoint, EndpointPool, HashRing, power_of_two_choices
 
 
 def state(mid: str, models: tuple[str, ...] = ("m",), address: str = "", queue: int = 0) -> MemberState:

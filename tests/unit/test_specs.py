@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fogline.core.serving.repository import ConfigError, load_model, load_repository
+from fogline.core.tensors import ModelSpec, TensorSpec
 from fogline.errors import ErrorCode, InvalidInputError
-from fogline.repository import ConfigError, load_model, load_repository
-from fogline.types import ModelSpec, TensorSpec
 
 SPEC = ModelSpec(name="mlp", version="1", platform="onnxruntime_onnx",
                  inputs=(TensorSpec("input", "FP32", (-1, 64)),), outputs=(TensorSpec("logits", "FP32", (-1, 10)),),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fogline.supervisor import RestartPolicy, RestartSettings, describe_exit, pinned_ports
+from fogline.local.supervisor import RestartPolicy, RestartSettings, describe_exit, pinned_ports
 
 
 class Clock:

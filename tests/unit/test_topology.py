@@ -7,11 +7,11 @@ import asyncio
 import random
 from collections.abc import AsyncIterator
 
-from fogline.catalog import Catalog
+from fogline.core.control.registry import EmbeddedRegistry, Load, Member
+from fogline.core.control.topology import TopologyFollower, TopologyPublisher, TopologySnapshot, worker_states
+from fogline.core.escalation.catalog import Catalog, CatalogEntry, Placement
+from fogline.core.escalation.hardness import HardnessRule
 from fogline.errors import UnavailableError
-from fogline.escalation import CatalogEntry, HardnessRule, Placement
-from fogline.registry import EmbeddedRegistry, Load, Member
-from fogline.topology import TopologyFollower, TopologyPublisher, TopologySnapshot, worker_states
 
 WORKER = Member(id="w1", service="worker", address="h:1", models=frozenset({"large"}))
 EDGE = Member(id="e1", service="edge", address="h:2", region="a")

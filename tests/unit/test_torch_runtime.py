@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from fogline.batching import BatchingSettings, DynamicBatcher
-from fogline.repository import ConfigError, load_model
-from fogline.runtime.torch import TorchModel, choose_device, memory_usage
-from fogline.types import TensorSpec
+from fogline.adapters.runtime.torch import TorchModel, choose_device, memory_usage
+from fogline.core.serving.batching import BatchingSettings, DynamicBatcher
+from fogline.core.serving.repository import ConfigError, load_model
+from fogline.core.tensors import TensorSpec
 from tests.torch_models import (
     CLASSIFIER_INPUTS,
     CLASSIFIER_OUTPUTS,

@@ -7,10 +7,10 @@ import asyncio
 import pytest
 
 from fogline._proto import inference_pb2 as pb
+from fogline.adapters.grpc.forward import V2Wire
+from fogline.adapters.grpc.upstream import StreamUpstream
+from fogline.adapters.grpc.wire import fields, length_delimited, varint
 from fogline.errors import InvalidInputError, PayloadTooLargeError
-from fogline.grpc.forward import V2Wire
-from fogline.grpc.upstream import StreamUpstream
-from fogline.grpc.wire import fields, length_delimited, varint
 
 
 @pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 2**32, 2**63])

@@ -1,0 +1,1 @@
+"""Where Fogline touches libraries: gRPC, aiohttp, Consul, ONNX Runtime, torch, prometheus-client."""

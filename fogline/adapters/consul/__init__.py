@@ -1,0 +1,1 @@
+"""Discovery and live configuration through Consul, on py-consul's asyncio client."""

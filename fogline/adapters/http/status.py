@@ -1,0 +1,103 @@
+"""The REST status server every process runs.
+
+- ``GET /healthz``: 200 while the process is alive.
+- ``GET /readyz``: 200 when it can serve; 503 with the reason otherwise.
+- ``GET /v1/status``: JSON — identity, models, load, peers.
+- ``GET /metrics``: Prometheus text format.
+
+A process may add GET routes of its own that answer JSON (the cloud master's ``/v1/topology``).
+
+A connection has ``header_timeout_s`` to send the complete headers of a request, counted from when it
+opens and from the end of each response; one that takes longer is closed (slowloris).
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from fogline.adapters.metrics import Metrics
+from fogline.errors import ErrorCode, PortInUseError
+
+HTTP_STATUS = {
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.INVALID_ARGUMENT: 400,
+    ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.RESOURCE_EXHAUSTED: 429,
+    ErrorCode.DEADLINE_EXCEEDED: 504,
+    ErrorCode.INTERNAL: 500,
+}
+
+
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+"""How long a connection may take to send a request's headers, or sit idle between requests."""
+
+JsonRoute = Callable[[], Awaitable[Any]]
+"""Produces the JSON body of an extra GET route."""
+
+
+class StatusSource(Protocol):
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, why not)."""
+
+    def status(self) -> dict[str, Any]: ...
+
+
+def create_app(source: StatusSource, metrics: Metrics,
+               routes: Mapping[str, JsonRoute] | None = None) -> web.Application:
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"live": True})
+
+    async def readyz(request: web.Request) -> web.Response:
+        ready, reason = source.readiness()
+        return web.json_response({"ready": ready, "reason": reason}, status=200 if ready else 503)
+
+    async def status(request: web.Request) -> web.Response:
+        return web.json_response(source.status())
+
+    async def prometheus(request: web.Request) -> web.Response:
+        body = generate_latest(metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application(client_max_size=64 * 1024)  # status endpoints take no bodies
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/v1/status", status)
+    app.router.add_get("/metrics", prometheus)
+    for path, produce in (routes or {}).items():
+        app.router.add_get(path, _json_route(produce))
+    return app
+
+
+def _json_route(produce: JsonRoute) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handle(request: web.Request) -> web.Response:
+        return web.json_response(await produce())
+    return handle
+
+
+async def start_http(source: StatusSource, metrics: Metrics, host: str, port: int, *,
+                     routes: Mapping[str, JsonRoute] | None = None, flag: str = "--http-port",
+                     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S) -> tuple[web.AppRunner, int]:
+    """Serve the status app (plus ``routes``) on host:port (0 = any free port); the runner and the bound
+    port. A port that is taken raises :class:`PortInUseError` naming ``flag``. A connection that takes
+    longer than ``header_timeout_s`` to send a request's headers, or sits idle that long, is closed."""
+    # NOTE: aiohttp (>= 3.14) arms its keep-alive timer when a connection opens and after each response,
+    # so a connection idle, or half-way through a request's headers, that long is closed (slowloris).
+    runner = web.AppRunner(create_app(source, metrics, routes), access_log=None,
+                           keepalive_timeout=header_timeout_s)
+    await runner.setup()
+    # NOTE: SO_REUSEADDR, as every server has it: a restart binds at once over the TIME-WAIT sockets
+    # its last run left, and a second live listener is still refused (no SO_REUSEPORT).
+    site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=False)
+    try:
+        await site.start()
+    except OSError as err:
+        await runner.cleanup()
+        if err.errno in (errno.EADDRINUSE, errno.EACCES):
+            raise PortInUseError(host, port, flag) from None
+        raise
+    return runner, int(runner.addresses[0][1])

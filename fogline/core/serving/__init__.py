@@ -1,0 +1,1 @@
+"""Serving models on a node: the model repository, dynamic batching, the protocol-neutral data plane."""
