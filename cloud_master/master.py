@@ -23,6 +23,7 @@ from fogline.core.control.topology import TopologyPublisher
 from fogline.core.escalation.catalog import Catalog, describe, load_catalog
 from fogline.core.routing.dispatch import RegionalDispatch
 from fogline.servers.master import Master, MasterSettings
+from fogline.servers.membership import join, leave_and_stop
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,16 @@ class CloudSettings(MasterSettings):
 
 
 class CloudMaster(Master):
+    """The root of the control plane: edge masters and GPU workers of every region register with it.
+
+    Its V2 service forwards each request to an edge master (of the region it names, or of any
+    region holding the model); it publishes the workers and the catalog to the edge masters
+    (:class:`~fogline.core.control.topology.TopologyPublisher`) and serves ``/v1/topology``.
+    """
+
     def __init__(self, settings: CloudSettings) -> None:
-        super().__init__(settings, tier="cloud", pooled_service="edge", connect=self._connect)
+        super().__init__(settings, tier="cloud", children=SERVICES, pooled_service="edge",
+                         connect=self._connect)  # no region: its children come from every region
         self.settings = settings
         self.routing: RegionalDispatch[bytes] = RegionalDispatch(
             self.pool, settings.dispatch, on_attempt=self.metrics.count_attempt)  # type: ignore[arg-type]
@@ -63,15 +72,14 @@ class CloudMaster(Master):
                               name=state.member.id)
 
     async def start(self) -> dict[str, Any]:
+        """Serve, then join and follow Consul when configured; the endpoints."""
         s = self.settings
         backend = RegionalBackend(self.routing, name="fogline-cloud", ready=lambda: bool(self.pool.endpoints))
-        control = ControlServicer(self.registry, region="", services=SERVICES,  # "": members of every region
-                                  topology=self.publisher)
+        control = ControlServicer(self.registry, topology=self.publisher)
         addresses = await self._serve(backend, control, routes={"/v1/topology": self.topology})
         self.endpoints = {"id": s.cloud_id, **addresses}
         if s.consul is not None:
-            self.membership = MembershipLoop(s.consul.control_plane(), self._member, Load)
-            self.membership.start()
+            self.membership = join(s.consul.control_plane(), self._member, Load)
             self.consul = ConsulFollower(s.consul, self.registry, mirror={"edge": None, "worker": None},
                                          on_kv=self._apply_kv)
             await self.consul.start()
@@ -88,6 +96,7 @@ class CloudMaster(Master):
         self.publisher.set_catalog(self.live.catalog or self.file_catalog)
 
     def readiness(self) -> tuple[bool, str]:
+        """Ready once some edge master is registered."""
         if not self.pool.endpoints:
             return False, "no edge master registered"
         return True, ""
@@ -102,6 +111,7 @@ class CloudMaster(Master):
                 "breaker": endpoint.breaker.snapshot() if endpoint else None}
 
     def status(self) -> dict[str, Any]:
+        """The cloud master's ``/v1/status``."""
         return {"tier": "cloud", **self.endpoints, "ready": self.readiness()[0],
                 "regions": sorted(self.routing.regions), "models": self.pool.models(),
                 "edges": [self._describe(s) for s in self.registry.members("edge")],
@@ -131,13 +141,10 @@ class CloudMaster(Master):
                             for s in workers]}
 
     async def drain(self) -> None:
+        """Stop following Consul, leave it, then stop serving."""
         if self.consul is not None:
             await self.consul.stop()
-        if self.membership is not None:
-            await self.membership.leave()
-        await self._stop_serving()
-        if self.membership is not None:
-            await self.membership.control.close()  # type: ignore[attr-defined]
+        await leave_and_stop(self.membership, self._stop_serving)
 
 
 def _healthy(status: dict[str, Any] | None) -> bool:

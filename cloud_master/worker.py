@@ -16,6 +16,8 @@ from fogline.servers.model_server import ModelServer, ModelServerSettings
 
 @dataclass(kw_only=True)
 class WorkerSettings(ModelServerSettings):
+    """A GPU worker's settings: the model server's, and the device models run on."""
+
     node_id: str = field(default_factory=lambda: f"worker-{socket.gethostname()}")
     """Unique id among the cloud master's workers."""
     device: str | None = None
@@ -40,4 +42,5 @@ class GpuWorker(ModelServer):
         raise ConfigError(f"{config.path}: a GPU worker cannot run platform {config.platform!r}")
 
     def extra_status(self) -> dict[str, Any]:
+        """The device and the memory in use."""
         return {"device": describe_device(self.device), "memory": memory_usage(self.device)}

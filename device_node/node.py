@@ -13,6 +13,8 @@ from fogline.servers.model_server import ModelServer, ModelServerSettings
 
 @dataclass(kw_only=True)
 class DeviceSettings(ModelServerSettings):
+    """A device node's settings: the model server's, and the ONNX Runtime providers."""
+
     node_id: str = field(default_factory=lambda: f"device-{socket.gethostname()}")
     """Unique id in the region; the edge master routes and reports by it."""
     providers: list[str] | None = None
@@ -28,6 +30,7 @@ class DeviceNode(ModelServer):
 
 
 def load_onnx(config: ModelConfig, providers: list[str] | None) -> OnnxRuntimeModel:
+    """The ONNX Runtime model of ``config``; ConfigError for any other platform."""
     if config.platform != "onnxruntime":
         raise ConfigError(f"{config.path}: a device node runs ONNX models only, not {config.platform!r}; "
                           "serve this model on a GPU worker (fogline worker)")

@@ -13,19 +13,21 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fogline.adapters.consul.discovery import ConsulFollower, LiveConfig
+from fogline.adapters.grpc.codec import V2Messages
 from fogline.adapters.grpc.control import ControlServicer, GrpcControlClient
-from fogline.adapters.grpc.forward import EdgeBackend, V2Wire
+from fogline.adapters.grpc.forward import EdgeBackend
 from fogline.adapters.grpc.upstream import GrpcUpstream, StreamUpstream
 from fogline.adapters.metrics import GaugeSample
 from fogline.core.control.membership import MembershipLoop
 from fogline.core.control.registry import Load, Member, MemberState
 from fogline.core.control.topology import TopologyFollower, TopologySnapshot, worker_states
 from fogline.core.escalation.catalog import Catalog
-from fogline.core.escalation.router import EdgeRouter, EdgeRoutingSettings, Routed
+from fogline.core.escalation.router import EdgeRouter, EdgeRoutingSettings
 from fogline.core.routing.breaker import CircuitBreaker
 from fogline.core.routing.dispatch import Dispatcher
 from fogline.core.routing.pool import EndpointPool
 from fogline.servers.master import Master, MasterSettings
+from fogline.servers.membership import join, leave_and_stop
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +51,16 @@ class EdgeSettings(MasterSettings):
 
 
 class EdgeMaster(Master):
+    """The master of one region: routes V2 requests over the region's device nodes and escalates
+    to GPU workers by the model catalog (:class:`~fogline.core.escalation.router.EdgeRouter`).
+
+    Device nodes register on its control plane (or are found in Consul); it is itself a member of
+    the cloud master, whose topology tells it the workers and the catalog.
+    """
+
     def __init__(self, settings: EdgeSettings) -> None:
-        super().__init__(settings, tier="edge", pooled_service="device", connect=self._connect)
+        super().__init__(settings, tier="edge", children=frozenset({"device"}), pooled_service="device",
+                         connect=self._connect, region=settings.region)
         self.settings = settings
         self.dispatcher: Dispatcher[bytes] = Dispatcher(
             self.pool, f"region {settings.region!r}",  # type: ignore[arg-type]
@@ -61,7 +71,7 @@ class EdgeMaster(Master):
         self._pools.append(self.workers)
         cloud: Dispatcher[bytes] = Dispatcher(self.workers, "the cloud tier", settings.dispatch,  # type: ignore[arg-type]
                                               on_attempt=self.metrics.count_attempt)
-        self.router = EdgeRouter(self.dispatcher, cloud, V2Wire(max_message_bytes=settings.max_message_bytes),
+        self.router = EdgeRouter(self.dispatcher, cloud, V2Messages(max_message_bytes=settings.max_message_bytes),
                                  settings=settings.routing)
         self.membership: MembershipLoop | None = None
         self.topology: TopologyFollower | None = None
@@ -103,9 +113,6 @@ class EdgeMaster(Master):
         self.router.settings = routing
         self.dispatcher.settings = replace(self.dispatcher.settings, max_outstanding=routing.device_queue_limit)
 
-    def _count_route(self, routed: Routed[bytes]) -> None:
-        self.metrics.count_route(routed.tier, routed.route)
-
     def _gauges(self) -> list[GaugeSample]:
         samples: list[GaugeSample] = [
             ("fogline_uplink_up", "1 while some GPU worker's circuit takes calls", {}, float(self.router.uplink_up)),
@@ -122,22 +129,20 @@ class EdgeMaster(Master):
         return samples
 
     async def start(self) -> dict[str, Any]:
+        """Serve, then join the cloud master (or Consul) and follow it; the endpoints."""
         s = self.settings
         backend = EdgeBackend(self.router, name="fogline-edge", ready=lambda: bool(self.pool.endpoints),
-                              on_routed=self._count_route)
-        control = ControlServicer(self.registry, region=s.region, services=frozenset({"device"}))
-        addresses = await self._serve(backend, control)
+                              metrics=self.metrics)
+        addresses = await self._serve(backend, ControlServicer(self.registry))
         self.endpoints = {"id": s.edge_id, "region": s.region, **addresses}
         if s.consul is not None:
-            self.membership = MembershipLoop(s.consul.control_plane(), self._member, self._load)
-            self.membership.start()
+            self.membership = join(s.consul.control_plane(), self._member, self._load)
             self.consul = ConsulFollower(s.consul, self.registry, mirror={"device": s.region},
                                          follow={"worker": self._apply_consul_workers}, on_kv=self._apply_kv)
             await self.consul.start()
         elif s.cloud:
             client = GrpcControlClient(s.cloud)
-            self.membership = MembershipLoop(client, self._member, self._load)
-            self.membership.start()
+            self.membership = join(client, self._member, self._load)
             self.topology = TopologyFollower(client, self._apply_topology, watcher_id=s.edge_id, region=s.region)
             self.topology.start()
         return dict(self.endpoints)
@@ -156,11 +161,13 @@ class EdgeMaster(Master):
                     queue_depth=sum(e.state.load.queue_depth for e in endpoints))
 
     def readiness(self) -> tuple[bool, str]:
+        """Ready once some device node is registered."""
         if not self.pool.endpoints:
             return False, f"no device node registered in region {self.settings.region!r}"
         return True, ""
 
     def status(self) -> dict[str, Any]:
+        """The edge master's ``/v1/status``."""
         devices = []
         for state in self.registry.members("device"):
             m = state.member
@@ -196,12 +203,10 @@ class EdgeMaster(Master):
                 "dispatch": self.router.cloud.snapshot()}
 
     async def drain(self) -> None:
+        """Stop following the cloud master and Consul, leave (the cloud master stops routing here
+        first), then stop serving."""
         if self.topology is not None:
             await self.topology.stop()
         if self.consul is not None:
             await self.consul.stop()
-        if self.membership is not None:
-            await self.membership.leave()  # the cloud master stops routing here first
-        await self._stop_serving()
-        if self.membership is not None:
-            await self.membership.control.close()  # type: ignore[attr-defined]
+        await leave_and_stop(self.membership, self._stop_serving)

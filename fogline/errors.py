@@ -25,6 +25,9 @@ from collections.abc import Iterable
 
 
 class ErrorCode(enum.Enum):
+    """What went wrong, independent of protocol: each adapter maps a code straight to its own status.
+    The values are the names of the gRPC status codes they stand for."""
+
     NOT_FOUND = "NOT_FOUND"
     INVALID_ARGUMENT = "INVALID_ARGUMENT"
     UNAVAILABLE = "UNAVAILABLE"
@@ -37,6 +40,10 @@ class ErrorCode(enum.Enum):
 PEER_FAILURE_CODES = frozenset(
     {ErrorCode.UNAVAILABLE, ErrorCode.DEADLINE_EXCEEDED, ErrorCode.RESOURCE_EXHAUSTED}
 )
+RETRYABLE_CODES = PEER_FAILURE_CODES
+"""Codes worth trying another endpoint for: the peer is down, full or (on an attempt timeout of ours)
+hung. The same set: an answer that says nothing against the peer would be the same from any other.
+A :class:`PayloadTooLargeError` is the exception (see ``fogline.core.routing.attempt``)."""
 
 
 class FoglineError(Exception):
@@ -58,14 +65,20 @@ class FoglineError(Exception):
 
 
 class ModelNotFoundError(FoglineError):
+    """An unknown model or version."""
+
     code = ErrorCode.NOT_FOUND
 
 
 class InvalidInputError(FoglineError):
+    """A bad shape, datatype, content or parameter: the caller's to fix."""
+
     code = ErrorCode.INVALID_ARGUMENT
 
 
 class UnavailableError(FoglineError):
+    """No endpoint can take the request now: down, not ready, draining or unknown yet."""
+
     code = ErrorCode.UNAVAILABLE
 
 
@@ -85,10 +98,14 @@ class PayloadTooLargeError(OverloadedError):
 
 
 class DeadlineExceededError(FoglineError):
+    """The deadline passed before an answer came."""
+
     code = ErrorCode.DEADLINE_EXCEEDED
 
 
 class InternalError(FoglineError):
+    """A bug or a runtime failure."""
+
     code = ErrorCode.INTERNAL
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -47,18 +46,6 @@ class ProcessGroup:
                 proc.process.kill()
         for proc in self.processes:
             proc.process.wait(10)
-
-
-def wait_for(predicate: Any, timeout_s: float = 10.0, interval_s: float = 0.02, what: str = "condition") -> Any:
-    """Poll ``predicate`` until it returns something truthy; its value. Fails after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(interval_s)
 
 
 def get_json(url: str) -> Any:

@@ -57,9 +57,10 @@ class Metrics:
                 histogram = self._latencies[model] = self.latency.labels(model)
             histogram.observe(seconds)
 
-    def count_route(self, tier: str, route: str) -> None:
-        """One request an edge master answered on ``tier`` for ``route``."""
-        _child(self.routes, self._routes, tier, route).inc()
+    def route_counter(self, tier: str, route: str) -> Counter:
+        """The counter of requests an edge master answered on ``tier`` for ``route`` (the ``fogline.route``
+        label); ``fogline.adapters.grpc.forward.RouteTags`` keeps it with the answer's tag."""
+        return _child(self.routes, self._routes, tier, route)
 
     def count_attempt(self, endpoint: str, code: str) -> None:
         """One attempt at an upstream endpoint and its result code; non-OK ones are retried elsewhere."""

@@ -167,6 +167,8 @@ class InferRequest:
 
 @dataclass(slots=True)
 class InferResponse:
+    """What a model answered: its outputs by name, the version that ran, the request's id and parameters."""
+
     model: str
     version: str
     outputs: dict[str, np.ndarray]

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fogline.core.escalation.calibration import evaluate, threshold_for_rate
 from fogline.local.digits_configs import CATALOG, LARGE_CONFIG, SMALL_CONFIG
 
 if TYPE_CHECKING:
@@ -79,15 +80,6 @@ class Digits:
     x_train: np.ndarray
     y_train: np.ndarray
     split: Split
-
-
-@dataclass(frozen=True)
-class CascadeResult:
-    """How a cascade did on labelled inputs: its accuracy and the share of inputs it escalated."""
-
-    threshold: float
-    escalated: float
-    accuracy: float
 
 
 # ---------------------------------------------------------------------------------------------- build
@@ -266,7 +258,8 @@ def _build_small(model_dir: Path, data: Digits) -> None:
     _write_atomic(model_dir / "config.toml", SMALL_CONFIG.format(
         hidden=SMALL_HIDDEN, weights=sum(p.numel() for p in model.parameters()),
         accuracy=100 * _accuracy(test_probs, split.y_test), temperature=temperature,
-        threshold=threshold_for_share(val_probs, CASCADE_SHARE), share=100 * CASCADE_SHARE))
+        threshold=threshold_for_rate(val_probs, "max_prob", CASCADE_SHARE).max_prob_below,
+        share=100 * CASCADE_SHARE))
 
 
 def _small_onnx(first: torch.nn.Linear, last: torch.nn.Linear, temperature: float) -> bytes:
@@ -347,24 +340,10 @@ def large_probabilities(root: Path, x: np.ndarray) -> np.ndarray:
 def catalog_toml(root: Path) -> str:
     """The catalog with the cascade ``digits``: a max-probability threshold that escalates
     CASCADE_SHARE of the validation split (only the small model's outputs are needed)."""
-    from fogline.core.escalation.calibration import threshold_for_rate
-
     split = load_split(root)
     rule = threshold_for_rate(small_probabilities(root, split.x_val), "max_prob", CASCADE_SHARE)
     return CATALOG.format(name=CASCADE, small=SMALL, large=LARGE, share=100 * CASCADE_SHARE,
                           threshold=rule.max_prob_below)
-
-
-def threshold_for_share(probs: np.ndarray, share: float) -> float:
-    """The max-probability threshold below which about ``share`` of these inputs fall (choose it on val)."""
-    return float(np.quantile(probs.max(axis=1), share))
-
-
-def cascade(small: np.ndarray, large: np.ndarray, labels: np.ndarray, threshold: float) -> CascadeResult:
-    """Answer with ``large`` where ``small``'s max probability is below ``threshold``, else with ``small``."""
-    escalate = small.max(axis=1) < threshold
-    predictions = np.where(escalate, large.argmax(axis=1), small.argmax(axis=1))
-    return CascadeResult(threshold, float(escalate.mean()), float((predictions == labels).mean()))
 
 
 # ---------------------------------------------------------------------------------------------- script
@@ -384,9 +363,10 @@ def main(argv: list[str] | None = None) -> int:
     small, large = small_probabilities(root, split.x_test), large_probabilities(root, split.x_test)
     print(f"test accuracy: small {_accuracy(small, split.y_test):.4f}, large {_accuracy(large, split.y_test):.4f}")
     for share in (0.1, 0.2, 0.3, 0.4):
-        result = cascade(small, large, split.y_test, threshold_for_share(small_val, share))
-        print(f"cascade, threshold {result.threshold:.3f} (escalates {share:.0%} of val): "
-              f"escalates {result.escalated:.1%} of test, accuracy {result.accuracy:.4f}")
+        rule = threshold_for_rate(small_val, "max_prob", share)
+        result = evaluate(small, large, split.y_test, rule)
+        print(f"cascade, threshold {rule.thresholds()['max_prob']:.3f} (escalates {share:.0%} of val): "
+              f"escalates {result.escalation_rate:.1%} of test, accuracy {result.accuracy:.4f}")
     return 0
 
 

@@ -35,6 +35,7 @@ class Launched:
 
     @property
     def pid(self) -> int:
+        """Its process id."""
         return self.process.pid
 
     @property
@@ -48,9 +49,11 @@ class Launched:
         return f"http://{self.endpoints['http']}"
 
     def log(self) -> str:
+        """Everything it has logged so far."""
         return self.log_file.read_text(errors="replace")
 
     def log_tail(self, lines: int = 30) -> str:
+        """The last ``lines`` lines of its log; empty if the log cannot be read."""
         try:
             return "\n".join(self.log().splitlines()[-lines:])
         except OSError:

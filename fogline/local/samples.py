@@ -40,6 +40,7 @@ def _init(name: str, array: np.ndarray) -> TensorProto:
 
 
 def build_mlp(model_dir: Path, seed: int = 1) -> None:
+    """Write the ``mlp`` sample (ONNX and config.toml) under ``model_dir``."""
     from onnx import TensorProto, helper
 
     rng = np.random.default_rng(seed)
@@ -62,6 +63,7 @@ def build_mlp(model_dir: Path, seed: int = 1) -> None:
 
 
 def build_cnn(model_dir: Path, seed: int = 2) -> None:
+    """Write the ``cnn`` sample (ONNX and config.toml) under ``model_dir``."""
     from onnx import TensorProto, helper
 
     rng = np.random.default_rng(seed)

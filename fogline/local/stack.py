@@ -98,6 +98,8 @@ class LocalStack:
         return {flag: port for flag, port in ports.items() if port}
 
     def start(self) -> dict[str, Any]:
+        """Start the cloud master, the worker, the edges and their devices; once every one is ready and
+        registered where it belongs, write the state file and return what it says."""
         self._models = models = self._build_models()
         cloud = self._wait_ready(self._spawn(
             "cloud", "cloud", "--id", "cloud", "--grpc-port", str(self.cloud_port),
@@ -151,6 +153,7 @@ class LocalStack:
         raise StackError(f"{sorted(ids - seen)} did not register with the master at {http} ({kind})")
 
     def stop(self) -> None:
+        """Stop every process, in order, and remove the state file."""
         self.supervisor.stop(STOP_GRACE_S)  # devices and the worker drain first, then edges, then the cloud
         self.state_file.unlink(missing_ok=True)
 

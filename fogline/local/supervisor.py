@@ -62,9 +62,11 @@ class RestartPolicy:
         """Restarts since the last reset: the attempt number of the next one, less one."""
 
     def started(self) -> None:
+        """The child is up again: the time its run is counted from, for ``reset_after_s``."""
         self._started_at = self._clock()
 
     def exited(self) -> float | None:
+        """The child exited: seconds to wait before restarting it, or None if it is crash-looping."""
         s, now = self.settings, self._clock()
         if now - self._started_at >= s.reset_after_s:
             self.restarts = 0
@@ -79,6 +81,8 @@ class RestartPolicy:
 
 
 class ChildState(enum.Enum):
+    """Where a supervised child stands: starting until ready, running, waiting to restart, or down."""
+
     STARTING = "starting"
     RUNNING = "running"
     BACKOFF = "backoff"
@@ -102,6 +106,7 @@ class Child:
 
     @property
     def endpoints(self) -> dict[str, Any]:
+        """The endpoints it announced in its ready file once ready (empty before)."""
         return self.launched.endpoints
 
 
@@ -131,6 +136,7 @@ class Supervisor:
         self._on_change, self._say, self._clock = on_change, say, clock
 
     def spawn(self, name: str, args: Sequence[str], *, stop_order: int) -> Child:
+        """Start ``python -m fogline ARGS`` as the child ``name`` and supervise it from now on."""
         child = Child(name, list(args), stop_order, self._launch(name, args),
                       RestartPolicy(self.settings, self._clock), started_at=self._clock())
         self.children.append(child)

@@ -74,6 +74,8 @@ def report(model: str, rule: HardnessRule, result: CascadeResult) -> str:
 
 async def calibrate(url: str, model: str, data: Path, *, criterion: Criterion, output: str | None,
                     target_rate: float | None, max_drop: float | None, batch: int = 64) -> str:
+    """Run the validation inputs in ``data`` through ``model`` on a device and in the cloud, via the edge
+    master at ``url``, ``batch`` rows a request; choose the rule meeting the goal; the report to print."""
     x, labels = load_validation(data)
     async with Client(url, timeout_s=30.0) as client:
         small = await probabilities(client, model, TIER_DEVICE, x, output=output, batch=batch)

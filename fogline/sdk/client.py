@@ -23,25 +23,18 @@ from fogline._proto import inference_pb2 as pb
 from fogline._proto import inference_pb2_grpc as pb_grpc
 from fogline.adapters.grpc.codec import decode_outputs, decode_parameters, encode_request
 from fogline.adapters.grpc.server import DEFAULT_MAX_MESSAGE_BYTES, channel_options
-from fogline.adapters.grpc.status import from_rpc_error
+from fogline.adapters.grpc.status import translated
 from fogline.core.parameters import PARAM_DEGRADED, PARAM_NODE, PARAM_ROUTE, PARAM_SESSION, PARAM_TIER
-from fogline.core.routing.breaker import BreakerSettings, CircuitBreaker, Outcome, Permit
+from fogline.core.routing.attempt import RetryElsewhere, attempt
+from fogline.core.routing.breaker import BreakerSettings, CircuitBreaker, Permit
 from fogline.core.tensors import ParameterValue, TensorSpec
-from fogline.errors import DeadlineExceededError, ErrorCode, FoglineError, PayloadTooLargeError, UnavailableError
+from fogline.errors import DeadlineExceededError, FoglineError, UnavailableError
 
 T = TypeVar("T")
 
 # A client sees one endpoint per region: a region that failed twice in a row is left alone for a
 # second before a probe, and is back after two good answers.
 CLIENT_BREAKER = BreakerSettings(consecutive_failures=2, probe_successes=2)
-# Errors that say "try another endpoint": it is down, full, or (our attempt timeout) hung.
-_NEXT_ENDPOINT = frozenset({ErrorCode.UNAVAILABLE, ErrorCode.RESOURCE_EXHAUSTED, ErrorCode.DEADLINE_EXCEEDED})
-
-
-class _TryNext(Exception):
-    def __init__(self, error: FoglineError) -> None:
-        self.error = error
-
 
 @dataclass(frozen=True)
 class InferResult:
@@ -75,6 +68,8 @@ class InferResult:
 
 @dataclass(frozen=True)
 class ModelMetadata:
+    """What a model takes and returns, as its server describes it."""
+
     name: str
     versions: list[str]
     platform: str
@@ -137,8 +132,8 @@ class Client:
                 tried.add(endpoint)
                 try:
                     return await self._attempt(endpoint, permit, call, deadline), endpoint
-                except _TryNext as next_:
-                    errors.append(next_.error)
+                except RetryElsewhere as retry:
+                    errors.append(retry.error)
             if tried:
                 break
         if len(errors) == 1:
@@ -147,31 +142,16 @@ class Client:
 
     async def _attempt(self, endpoint: str, permit: Permit,
                        call: Callable[[pb_grpc.GRPCInferenceServiceStub, float], Awaitable[T]], deadline: float) -> T:
-        """One try at ``endpoint``, its outcome told to its breaker; _TryNext if another endpoint should
-        be tried, the error itself if it is final."""
+        """One try at ``endpoint`` (:func:`attempt`): RetryElsewhere if another endpoint should be tried,
+        the error itself if it is final."""
         breaker = self.breakers[endpoint]
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             breaker.release(permit)
             raise DeadlineExceededError(f"the call's timeout passed before {endpoint} could be tried")
-        ours = self.attempt_timeout_s is not None and self.attempt_timeout_s < remaining
-        started = time.monotonic()
-        try:
-            result = await call(self._stub(endpoint), self.attempt_timeout_s if ours else remaining)  # type: ignore[arg-type]
-        except grpc.aio.AioRpcError as exc:
-            err = from_rpc_error(exc, peer=endpoint)
-            if (err.code is ErrorCode.DEADLINE_EXCEEDED and not ours) or isinstance(err, PayloadTooLargeError):
-                breaker.release(permit)  # the call's own timeout or payload: final, and no verdict on the endpoint
-                raise err from None
-            breaker.record(permit, Outcome.of(err.code), time.monotonic() - started)
-            if err.code in _NEXT_ENDPOINT:
-                raise _TryNext(err) from None
-            raise err from None
-        except BaseException:
-            breaker.release(permit)
-            raise
-        breaker.record(permit, Outcome.SUCCESS, time.monotonic() - started)
-        return result
+        stub = self._stub(endpoint)
+        return await attempt(breaker, permit, lambda timeout_s: translated(call(stub, timeout_s), peer=endpoint),
+                             remaining_s=remaining, attempt_timeout_s=self.attempt_timeout_s, peer=endpoint)
 
     async def infer(self, model: str, inputs: Mapping[str, np.ndarray], *, outputs: Sequence[str] | None = None,
                     version: str = "", request_id: str = "", session: str | None = None, tier: str | None = None,

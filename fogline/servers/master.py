@@ -13,9 +13,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fogline.adapters.consul.discovery import ConsulDiscovery
 from fogline.adapters.grpc.control import CONTROL_MAX_MESSAGE_BYTES, ControlServicer, add_control
-from fogline.adapters.grpc.server import DEFAULT_MAX_MESSAGE_BYTES, bind, create_server, set_serving
+from fogline.adapters.grpc.server import bind, create_server, set_serving
 from fogline.adapters.grpc.upstream import GrpcUpstream
 from fogline.adapters.grpc.v2 import V2Backend, v2_handler
 from fogline.adapters.http import start_http
@@ -24,26 +23,17 @@ from fogline.core.control.registry import EmbeddedRegistry, MemberState
 from fogline.core.routing.breaker import BreakerSettings, BreakerState, CircuitBreaker
 from fogline.core.routing.dispatch import DispatchSettings
 from fogline.core.routing.pool import EndpointPool
+from fogline.servers.settings import ProcessSettings
 
 _STATE_VALUE = {BreakerState.CLOSED: 0.0, BreakerState.HALF_OPEN: 1.0, BreakerState.OPEN: 2.0}
 
 
 @dataclass(kw_only=True)
-class MasterSettings:
+class MasterSettings(ProcessSettings):
     """What the edge and cloud masters are both configured with."""
 
-    host: str = "127.0.0.1"
-    """Interface to listen on."""
-    advertise_host: str | None = None
-    """Address peers use to reach this process (default: host)."""
-    grpc_port: int = 0
-    """V2 inference port (clients); 0 = any free port."""
     control_port: int = 0
     """fogline.control.v1 port (its children); a server of its own so inference cannot starve it."""
-    http_port: int = 0
-    """REST status port; 0 = any free port."""
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    """Largest request or response accepted; larger ones get RESOURCE_EXHAUSTED."""
     heartbeat_interval_s: float = 1.0
     """How often children report their load and models."""
     member_ttl_s: float = 3.0
@@ -52,22 +42,22 @@ class MasterSettings:
     """Retries, attempt timeouts and deadlines of requests forwarded to children."""
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
     """When the circuit of an upstream endpoint opens, for how long, and how it closes."""
-    drain_grace_s: float = 10.0
-    """On SIGTERM, how long in-flight requests may take to finish."""
-    consul: ConsulDiscovery | None = None
-    """Find children in Consul (and register there) instead of taking their registrations on the
-    control plane; live configuration from Consul KV."""
 
 
 class Master:
     """The shared core of the edge and cloud masters. Subclasses provide ``readiness()`` and
-    ``status()`` (the REST status source) and call :meth:`_serve` and :meth:`_stop_serving`."""
+    ``status()`` (the REST status source) and call :meth:`_serve` and :meth:`_stop_serving`.
 
-    def __init__(self, settings: MasterSettings, *, tier: str, pooled_service: str,
-                 connect: Callable[[MemberState], GrpcUpstream]) -> None:
+    ``children`` are the services that may register here, ``region`` the one they must serve ("": any);
+    members of ``pooled_service`` are the ones it forwards V2 requests to.
+    """
+
+    def __init__(self, settings: MasterSettings, *, tier: str, children: frozenset[str], pooled_service: str,
+                 connect: Callable[[MemberState], GrpcUpstream], region: str = "") -> None:
         self.metrics = Metrics(tier, is_member=self._is_member)
         self.registry = EmbeddedRegistry(ttl_s=settings.member_ttl_s,
-                                         heartbeat_interval_s=settings.heartbeat_interval_s)
+                                         heartbeat_interval_s=settings.heartbeat_interval_s,
+                                         services=children, region=region)
         self.pool: EndpointPool[GrpcUpstream] = EndpointPool(
             connect, self._disconnect, make_breaker=lambda: CircuitBreaker(settings.breaker))
         self.registry.watch(lambda: self.pool.sync(self.registry.members(pooled_service)))

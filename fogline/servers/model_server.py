@@ -17,9 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fogline.adapters.consul.discovery import ConsulDiscovery
-from fogline.adapters.grpc.control import GrpcControlClient
-from fogline.adapters.grpc.server import DEFAULT_MAX_MESSAGE_BYTES, bind, create_server, set_serving
+from fogline.adapters.grpc.server import bind, create_server, set_serving
 from fogline.adapters.grpc.v2 import LocalBackend, v2_handler
 from fogline.adapters.http import start_http
 from fogline.adapters.metrics import GaugeSample, Metrics
@@ -29,6 +27,8 @@ from fogline.core.control.registry import Load, Member
 from fogline.core.serving.batching import DynamicBatcher
 from fogline.core.serving.dataplane import LocalDataPlane, ServedModel
 from fogline.core.serving.repository import ModelConfig, load_repository
+from fogline.servers.membership import join, leave_and_stop, parent_control
+from fogline.servers.settings import ProcessSettings
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,9 @@ LoadRuntime = Callable[[ModelConfig], Runtime]
 
 
 @dataclass(kw_only=True)
-class ModelServerSettings:
+class ModelServerSettings(ProcessSettings):
+    """What the device nodes and the GPU workers are both configured with."""
+
     model_repository: Path
     """Directory with <model>/config.toml and <model>/<version>/<model file>."""
     node_id: str = field(default_factory=lambda: f"node-{socket.gethostname()}")
@@ -45,22 +47,9 @@ class ModelServerSettings:
     """Region this process serves; reported to its master and in status."""
     models: tuple[str, ...] | None = None
     """Models to load from the repository (default: all)."""
-    host: str = "127.0.0.1"
-    """Interface to listen on."""
-    advertise_host: str | None = None
-    """Address peers use to reach this process (default: host)."""
-    grpc_port: int = 0
-    """V2 inference port (0 = any free port; the bound one is in the endpoints)."""
-    http_port: int = 0
-    """REST status port (0 = any free port)."""
     master: str | None = None
-    """host:port of the parent master's control plane; None runs stand-alone."""
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    """Largest request or response accepted; larger ones get RESOURCE_EXHAUSTED."""
-    drain_grace_s: float = 10.0
-    """On SIGTERM, how long in-flight requests may take to finish."""
-    consul: ConsulDiscovery | None = None
-    """Register with Consul instead of a parent master (``master`` is then not needed)."""
+    """host:port of the parent master's control plane; None runs stand-alone (and is not needed
+    with ``consul``)."""
     fault_delay_s: float = 0.0
     """Testing aid for chaos suites and benchmarks: hold every inference this long before running
     it, as a slow node would. Leave at 0 in production."""
@@ -86,6 +75,7 @@ class ModelServer:
         self.membership: MembershipLoop | None = None
 
     async def start(self) -> dict[str, Any]:
+        """Load the models, bind and serve, then join the master; the endpoints."""
         s = self.settings
         self.dataplane = dataplane = LocalDataPlane(s.node_id, self.tier, self._load_models(),
                                                     fault_delay_s=s.fault_delay_s)
@@ -101,12 +91,9 @@ class ModelServer:
         advertise = s.advertise_host or s.host
         self.endpoints = {"id": s.node_id, "region": s.region, "grpc": f"{advertise}:{grpc_port}",
                           "http": f"{advertise}:{http_port}"}
-        if s.consul is not None:
-            self.membership = MembershipLoop(s.consul.control_plane(), self._member, self._load)
-            self.membership.start()
-        elif s.master:
-            self.membership = MembershipLoop(GrpcControlClient(s.master), self._member, self._load)
-            self.membership.start()
+        control = parent_control(s.consul, s.master)
+        if control is not None:
+            self.membership = join(control, self._member, self._load)
         return dict(self.endpoints)
 
     def _load_models(self) -> dict[str, ServedModel]:
@@ -146,6 +133,7 @@ class ModelServer:
         return out
 
     def readiness(self) -> tuple[bool, str]:
+        """Whether to take requests, and why not."""
         if self.dataplane is None or not self.dataplane.ready():
             return False, "draining" if self.dataplane is not None else "starting"
         if self.membership is not None and not self.membership.registered.is_set():
@@ -154,6 +142,7 @@ class ModelServer:
         return True, ""
 
     def status(self) -> dict[str, Any]:
+        """The process's ``/v1/status``."""
         assert self.dataplane is not None
         running, queued = self.dataplane.load()
         return {
@@ -173,13 +162,13 @@ class ModelServer:
         return {}
 
     async def drain(self) -> None:
+        """Refuse new work, leave the master (it stops routing here first), stop serving, stop the models."""
         assert self.dataplane is not None
         self.dataplane.draining = True
-        if self.membership is not None:
-            await self.membership.leave()  # the master stops routing here first
+        await leave_and_stop(self.membership, self._stop_serving)
+        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
+
+    async def _stop_serving(self) -> None:
         await set_serving(self._health, False)
         await self._server.stop(self.settings.drain_grace_s)  # refuse new calls, finish running ones
         await self._http.cleanup()
-        if self.membership is not None:
-            await self.membership.control.close()  # type: ignore[attr-defined]
-        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)

@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 
 class Service(Protocol):
+    """A process ``run`` can serve: a master or a model server."""
+
     async def start(self) -> dict[str, object]:
         """Bind and serve; the endpoints to announce."""
 
@@ -31,6 +33,7 @@ class Service(Protocol):
 
 
 def write_json_atomic(path: Path, data: object) -> None:
+    """Write ``data`` as JSON to ``path`` so that a reader never sees half of it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -42,6 +45,7 @@ PARENT_POLL_S = 0.5
 
 
 async def serve(service: Service, ready_file: Path | None = None, parent_pid: int | None = None) -> None:
+    """Start ``service``, announce its endpoints, and drain it once told to stop."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

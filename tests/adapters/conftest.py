@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -8,15 +7,9 @@ import pytest
 
 from device_node import DeviceNode, DeviceSettings
 from edge_master import EdgeMaster, EdgeSettings
+from tests.polling import until
 
 MAX_MESSAGE_BYTES = 1024 * 1024
-
-
-async def until(predicate, timeout_s: float = 10.0) -> None:
-    """Poll ``predicate`` on the event loop until true, failing after ``timeout_s``."""
-    async with asyncio.timeout(timeout_s):
-        while not predicate():
-            await asyncio.sleep(0.01)
 
 
 @pytest.fixture

@@ -17,7 +17,8 @@ from device_node import DeviceNode, DeviceSettings
 from edge_master import EdgeMaster, EdgeSettings
 from fogline import Client
 from fogline.errors import ErrorCode, FoglineError
-from tests.adapters.conftest import MAX_MESSAGE_BYTES, until
+from tests.adapters.conftest import MAX_MESSAGE_BYTES
+from tests.polling import until
 
 MLP_INPUT = {"input": np.ones((1, 64), np.float32)}
 

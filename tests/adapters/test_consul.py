@@ -9,7 +9,7 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -23,23 +23,12 @@ from fogline.core.control.membership import MembershipLoop
 from fogline.core.control.registry import Load, Member
 from fogline.errors import InvalidInputError, UnavailableError
 from tests.consul_fixture import ACL_TOKEN, ConsulAgent, consul_acl_agent, consul_agent, consul_standin
+from tests.polling import until
 
 __all__ = ["consul_acl_agent", "consul_agent", "consul_standin"]  # fixtures used by name
 
 SECRET = "5ecre7-70ken-never-logged"
 FAST = {"min_backoff_s": 0.01, "max_backoff_s": 0.05}
-
-
-async def until(predicate: Callable[[], Any], timeout_s: float = 5.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not predicate():
-            await asyncio.sleep(0.01)
-
-
-async def until_async(predicate: Callable[[], Awaitable[Any]], timeout_s: float = 5.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not await predicate():
-            await asyncio.sleep(0.02)
 
 
 def closed_address() -> str:
@@ -190,12 +179,12 @@ async def test_a_member_is_passing_only_while_its_grpc_health_is_serving(consul_
         _, entries = await consul_client.health.service("fogline-edge")
         return [c["Status"] for e in entries for c in e["Checks"] if c["ServiceID"] == "e1"] == ["critical"]
 
-    await until_async(critical, deadline_s(consul_agent))
+    await until(critical, deadline_s(consul_agent))
     assert await passing_ids(consul_client) == []
     await set_serving(servicer, True)
-    await until_async(lambda: passing_ids(consul_client), deadline_s(consul_agent))
+    await until(lambda: passing_ids(consul_client), deadline_s(consul_agent))
     await set_serving(servicer, False)
-    await until_async(critical, deadline_s(consul_agent))
+    await until(critical, deadline_s(consul_agent))
     assert await passing_ids(consul_client) == []
     assert "e1" in await consul_client.agent.services()  # critical, not gone: Consul reaps after a minute
 
@@ -227,7 +216,7 @@ async def test_the_membership_loop_registers_again_when_the_agent_lost_the_membe
     async def registered() -> bool:
         return "e1" in await consul_client.agent.services()
 
-    await until_async(registered)
+    await until(registered)
     await loop.leave()
     assert not await registered()
 

@@ -13,8 +13,8 @@ from edge_master import EdgeMaster, EdgeSettings
 from fogline import Client
 from fogline.adapters.consul.discovery import ConsulDiscovery
 from fogline.sdk.edges import EdgeFollower, find_edges
-from tests.adapters.conftest import until
 from tests.consul_fixture import ConsulAgent, consul_standin  # noqa: F401  (fixture)
+from tests.polling import until
 
 X = {"input": np.ones((1, 64), np.float32)}
 

@@ -20,7 +20,7 @@ from fogline._proto import inference_pb2_grpc as pb_grpc
 from fogline.adapters.grpc.codec import decode_outputs
 from fogline.core.serving.repository import ConfigError
 from fogline.errors import FoglineError
-from tests.adapters.conftest import until
+from tests.polling import until
 
 
 def reference(models: Path, name: str, x: np.ndarray) -> np.ndarray:

@@ -34,7 +34,8 @@ from fogline.core.escalation.router import EdgeRoutingSettings
 from fogline.core.routing.dispatch import DispatchSettings
 from fogline.errors import ErrorCode, PayloadTooLargeError
 from fogline.local.digits import CATALOG_FILE
-from tests.adapters.conftest import MAX_MESSAGE_BYTES, until
+from tests.adapters.conftest import MAX_MESSAGE_BYTES
+from tests.polling import until
 
 GOOD = {"input": np.ones((1, 64), np.float32)}
 LONG_NAME = "x" * 10_000

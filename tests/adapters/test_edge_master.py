@@ -15,7 +15,7 @@ from fogline import Client
 from fogline._proto import control_pb2 as cpb
 from fogline._proto import control_pb2_grpc as cpb_grpc
 from fogline.errors import ErrorCode, FoglineError
-from tests.adapters.conftest import until
+from tests.polling import until
 
 
 async def test_responses_through_the_edge_say_tier_node_and_route(edge: EdgeMaster) -> None:

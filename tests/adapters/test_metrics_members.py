@@ -15,8 +15,9 @@ from device_node import DeviceNode, DeviceSettings
 from edge_master import EdgeMaster
 from fogline import Client
 from fogline.servers.master import Master
-from tests.adapters.conftest import MAX_MESSAGE_BYTES, until
+from tests.adapters.conftest import MAX_MESSAGE_BYTES
 from tests.adapters.test_cloud_master import Region, start_region, stop_region
+from tests.polling import until
 
 DEADLINE_S = 10.0
 MLP_INPUT = {"input": np.ones((1, 64), np.float32)}

@@ -16,7 +16,7 @@ from fogline import Client
 from fogline._proto import inference_pb2_grpc as pb_grpc
 from fogline.adapters.grpc.codec import decode_outputs, encode_request
 from fogline.errors import DeadlineExceededError, ErrorCode, FoglineError
-from tests.adapters.conftest import until
+from tests.polling import until
 
 X = {"input": np.ones((1, 64), np.float32)}
 

@@ -19,7 +19,7 @@ from edge_master import EdgeMaster, EdgeSettings
 from fogline import Client
 from fogline._proto import control_pb2 as cpb
 from fogline._proto import control_pb2_grpc as cpb_grpc
-from tests.adapters.conftest import until
+from tests.polling import until
 
 CATALOG = """
 [models.tiny]

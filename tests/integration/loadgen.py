@@ -1,5 +1,5 @@
 """Helpers of the integration tests: reference results from ONNX Runtime in-process, a closed-loop
-load generator over the Fogline SDK, and polling that does not block the event loop."""
+load generator over the Fogline SDK, and an edge master with its device nodes to run it against."""
 
 from __future__ import annotations
 
@@ -154,22 +154,11 @@ def check_results(outcomes: Sequence[Outcome], inputs: Mapping[str, Sequence[np.
                                    err_msg=f"request #{o.seq} ({o.model} sample {o.sample}) on {o.node}")
 
 
-async def poll(predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.05) -> Any:
-    """Like tests.processes.wait_for, but runs a (blocking) predicate off the event loop."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await asyncio.to_thread(predicate)
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(interval_s)
-
-
 def start_region(processes: Any, models: Path, devices: Sequence[str] = ("d1", "d2"), *,
                  edge_args: Sequence[str] = (), device_args: Sequence[str] = ()) -> tuple[Any, list[Any]]:
     """An edge master and device nodes registered with it (its /v1/status lists them all)."""
-    from tests.processes import registered_devices, wait_for
+    from tests.polling import wait_for
+    from tests.processes import registered_devices
 
     edge = processes.edge("edge", "test", *edge_args)
     nodes = [processes.device(name, models, edge, "test", *device_args) for name in devices]

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.processes import wait_for
+from tests.polling import wait_for
 
 START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 20.0

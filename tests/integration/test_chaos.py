@@ -18,8 +18,9 @@ import pytest
 
 from fogline.local.launch import Launched
 from fogline.sdk.client import Client
-from tests.integration.loadgen import Load, make_inputs, poll
-from tests.processes import ProcessGroup, get_json, registered_devices, wait_for
+from tests.integration.loadgen import Load, make_inputs
+from tests.polling import poll, wait_for
+from tests.processes import ProcessGroup, get_json, registered_devices
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from fogline.sdk.client import Client
-from tests.processes import ProcessGroup, get_json, wait_for
+from tests.polling import wait_for
+from tests.processes import ProcessGroup, get_json
 
 pytestmark = pytest.mark.integration
 

@@ -23,7 +23,8 @@ from fogline.local.launch import Launched, wait_ready
 from fogline.sdk.client import Client
 from fogline.sdk.edges import find_edges
 from tests.consul_fixture import ConsulAgent, consul_agent, consul_standin  # noqa: F401  (fixtures)
-from tests.integration.loadgen import Load, make_inputs, poll
+from tests.integration.loadgen import Load, make_inputs
+from tests.polling import poll
 from tests.processes import get_json
 
 pytestmark = pytest.mark.integration

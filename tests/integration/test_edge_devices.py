@@ -13,7 +13,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fogline.sdk.client import Client
-from tests.integration.loadgen import Load, Reference, check_results, make_inputs, poll, start_region
+from tests.integration.loadgen import Load, Reference, check_results, make_inputs, start_region
+from tests.polling import poll
 from tests.processes import ProcessGroup, get_json, registered_devices
 
 pytestmark = pytest.mark.integration

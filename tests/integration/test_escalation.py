@@ -22,7 +22,8 @@ from fogline.local import digits
 from fogline.local.launch import Launched, wait_ready
 from fogline.sdk.client import Client, SyncClient
 from tests.integration.loadgen import make_inputs
-from tests.processes import ProcessGroup, get_json, wait_for
+from tests.polling import wait_for
+from tests.processes import ProcessGroup, get_json
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.integration.stackrun import FREE_PORTS, STOP_TIMEOUT_S, Up, alive
-from tests.processes import get_json, wait_for
+from tests.polling import wait_for
+from tests.processes import get_json
 
 pytestmark = pytest.mark.integration
 

@@ -19,9 +19,10 @@ from fogline.adapters.ports import port_free
 from fogline.core.escalation.catalog import load_catalog
 from fogline.local import digits
 from fogline.sdk.client import Client, SyncClient
-from tests.integration.loadgen import Load, Reference, check_results, make_inputs, poll
+from tests.integration.loadgen import Load, Reference, check_results, make_inputs
 from tests.integration.stackrun import DEFAULT_PORTS, FREE_PORTS, Up, alive, seed_models
-from tests.processes import get_json, wait_for
+from tests.polling import poll, wait_for
+from tests.processes import get_json
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ import pytest
 from fogline.adapters.ports import port_free
 from fogline.local.supervisor import ChildState, RestartSettings, Supervisor
 from fogline.sdk.client import SyncClient
-from tests.processes import wait_for
+from tests.polling import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -30,6 +30,36 @@ class GatedModel:
         return {"y": feeds["x"] * 2}
 
 
+class Clock:
+    """A fake monotonic clock: ``sleep`` returns once ``advance`` has moved the time past its end."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.sleepers: list[tuple[float, asyncio.Future[None]]] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, delay_s: float) -> None:
+        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.sleepers.append((self.now + delay_s, woken))
+        await woken
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        due = [(end, woken) for end, woken in self.sleepers if end <= self.now]
+        self.sleepers = [(end, woken) for end, woken in self.sleepers if end > self.now]
+        for _, woken in due:
+            if not woken.done():
+                woken.set_result(None)
+
+
+async def settle() -> None:
+    """Let every task that can run without time passing run."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
 def threaded(**settings: int) -> BatchingSettings:
     """Settings that always use the thread pool, so a test can hold a batch mid-run."""
     return BatchingSettings(inline_max_us=0, **settings)
@@ -147,21 +177,26 @@ async def test_a_failing_run_fails_every_request_of_the_batch_and_the_batcher_ke
 
 
 async def test_queue_delay_holds_a_short_batch_back_for_company(executor) -> None:
-    model = GatedModel()
-    batcher = DynamicBatcher("m", model, threaded(max_batch_size=8, max_queue_delay_us=200_000),
-                             executor=executor)
+    clock, model = Clock(), GatedModel()
+    batcher = DynamicBatcher("m", model, threaded(max_batch_size=8, max_queue_delay_us=250_000),
+                             executor=executor, clock=clock, sleep=clock.sleep)
     first = asyncio.ensure_future(batcher.infer(rows(1)))
-    await asyncio.sleep(0.01)
+    await settle()
     assert model.batches == []  # held back, waiting for company
+    assert [end for end, _ in clock.sleepers] == [100.25]  # until the first request's delay is over
+    clock.advance(0.125)
     second = asyncio.ensure_future(batcher.infer(rows(1)))
+    await settle()
+    assert model.batches == []  # still within the delay
+    clock.advance(0.125)
     await asyncio.wait_for(asyncio.gather(first, second), 5)
     assert model.batches == [2]
 
 
 async def test_a_full_batch_does_not_wait_for_the_queue_delay(executor) -> None:
-    model = GatedModel()
+    clock, model = Clock(), GatedModel()
     batcher = DynamicBatcher("m", model, threaded(max_batch_size=2, max_queue_delay_us=30_000_000),
-                             executor=executor)
+                             executor=executor, clock=clock, sleep=clock.sleep)
     await asyncio.wait_for(asyncio.gather(batcher.infer(rows(1)), batcher.infer(rows(1))), 5)
     assert model.batches == [2]
 
@@ -185,15 +220,16 @@ async def test_output_that_is_not_batch_major_is_an_internal_error_naming_the_fi
     def bad(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {"y": np.zeros(3)}
 
-    gate = threading.Event()
+    gate, entered = threading.Event(), threading.Event()
 
     def slow_then_bad(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        entered.set()
         gate.wait(5)
         return bad(feeds)
 
     batcher = DynamicBatcher("m", slow_then_bad, threaded(max_batch_size=4), executor=executor)
     first = asyncio.ensure_future(batcher.infer(rows(1)))
-    await asyncio.sleep(0.01)
+    await asyncio.get_running_loop().run_in_executor(None, entered.wait, 2)
     pair = [asyncio.ensure_future(batcher.infer(rows(1))) for _ in range(2)]
     await asyncio.sleep(0)
     gate.set()

@@ -18,6 +18,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from fogline.core.escalation.calibration import evaluate, threshold_for_rate
+from fogline.core.escalation.hardness import HardnessRule
 from fogline.local import digits
 from fogline.local.digits import LARGE, SMALL, SPLIT_FILE, Split
 
@@ -194,16 +196,17 @@ def test_escalating_the_least_confident_30_percent_matches_the_large_model(
     large = accuracy(large_test, labels)
     # the 30% of test inputs the small model is least sure of
     threshold = float(np.sort(small_test.max(axis=1))[int(0.3 * len(labels))])
-    by_rank = digits.cascade(small_test, large_test, labels, threshold)
+    by_rank = evaluate(small_test, large_test, labels, HardnessRule(max_prob_below=threshold))
     # a threshold chosen on the validation split, as an operator would
-    val_threshold = digits.threshold_for_share(digits.small_probabilities(repo, split.x_val), 0.3)
-    by_val = digits.cascade(small_test, large_test, labels, val_threshold)
+    val_rule = threshold_for_rate(digits.small_probabilities(repo, split.x_val), "max_prob", 0.3)
+    by_val = evaluate(small_test, large_test, labels, val_rule)
     print(f"\nsmall {accuracy(small_test, labels):.4f}, large {large:.4f}, "
-          f"cascade (30% least confident) {by_rank.accuracy:.4f} escalating {by_rank.escalated:.3f}, "
-          f"cascade (threshold {val_threshold:.3f} from val) {by_val.accuracy:.4f} escalating {by_val.escalated:.3f}")
-    assert by_rank.escalated == pytest.approx(0.3, abs=0.01)
+          f"cascade (30% least confident) {by_rank.accuracy:.4f} escalating {by_rank.escalation_rate:.3f}, "
+          f"cascade (threshold {val_rule.thresholds()['max_prob']:.3f} from val) {by_val.accuracy:.4f} "
+          f"escalating {by_val.escalation_rate:.3f}")
+    assert by_rank.escalation_rate == pytest.approx(0.3, abs=0.01)
     assert by_rank.accuracy >= large - 0.005
-    assert 0.2 <= by_val.escalated <= 0.35
+    assert 0.2 <= by_val.escalation_rate <= 0.35
     assert by_val.accuracy >= large - 0.005
     assert by_val.accuracy > accuracy(small_test, labels)
 
@@ -212,10 +215,14 @@ def test_the_cascade_helpers() -> None:
     small = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.45, 0.55]], dtype=np.float32)
     large = np.array([[0.1, 0.9], [0.1, 0.9], [0.9, 0.1], [0.1, 0.9]], dtype=np.float32)
     labels = np.array([0, 1, 1, 1])
-    result = digits.cascade(small, large, labels, threshold=0.7)  # escalates rows 1 and 3
-    assert (result.escalated, result.accuracy) == (0.5, 1.0)
-    assert digits.cascade(small, large, labels, threshold=0.0).accuracy == 0.75
-    assert digits.threshold_for_share(small, 0.5) == pytest.approx(0.7)
+    result = evaluate(small, large, labels, HardnessRule(max_prob_below=0.7))  # escalates rows 1 and 3
+    assert (result.escalation_rate, result.accuracy) == (0.5, 1.0)
+    assert evaluate(small, large, labels, HardnessRule(max_prob_below=0.0)).accuracy == 0.75
+    # NOTE: the core does not interpolate as np.quantile did (0.7, between 0.6 and 0.8): its threshold
+    # is the lowest max probability left on the device, 0.8. Both escalate the same half, rows 1 and 3.
+    half = threshold_for_rate(small, "max_prob", 0.5)
+    assert half.max_prob_below == pytest.approx(0.8)
+    assert evaluate(small, large, labels, half) == result
 
 
 def test_importing_the_module_imports_neither_torch_nor_sklearn() -> None:
@@ -225,7 +232,6 @@ def test_importing_the_module_imports_neither_torch_nor_sklearn() -> None:
 
 def test_the_catalog_holds_the_digits_cascade_that_meets_the_goal_on_the_test_split(
         repo: Path, split: Split, small_test: np.ndarray, large_test: np.ndarray) -> None:
-    from fogline.core.escalation.calibration import evaluate
     from fogline.core.escalation.catalog import Placement, load_catalog
 
     entry = load_catalog(repo / digits.CATALOG_FILE).entries["digits"]

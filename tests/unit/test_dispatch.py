@@ -3,11 +3,13 @@ deadline and the retry budget, never on bad input; every outcome reaches the end
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import pytest
 
 from fogline.core.control.registry import Load, Member, MemberState
+from fogline.core.routing.attempt import RetryElsewhere, attempt
 from fogline.core.routing.breaker import BreakerSettings, BreakerState, CircuitBreaker, Outcome
 from fogline.core.routing.dispatch import Dispatcher, DispatchSettings, RegionalDispatch
 from fogline.core.routing.pool import EndpointPool
@@ -19,6 +21,7 @@ from fogline.errors import (
     InvalidInputError,
     ModelNotFoundError,
     OverloadedError,
+    PayloadTooLargeError,
     UnavailableError,
 )
 
@@ -240,3 +243,71 @@ async def test_admission_control_skips_full_endpoints_and_refuses_when_all_are_f
     with pytest.raises(OverloadedError, match="every endpoint holding 'm' in region 'r' has 2 requests outstanding") as info:
         await dispatcher.infer("m", b"x")
     assert info.value.retry_after_s == pytest.approx(0.1)
+
+
+# --- one attempt: what its breaker hears --------------------------------------------------------------
+
+def one_failure_opens() -> CircuitBreaker:
+    return CircuitBreaker(BREAKER, clock=Clock())
+
+
+async def run_attempt(breaker: CircuitBreaker, error: BaseException | None, *, attempt_timeout_s: float | None = None,
+                      remaining_s: float = 1.0) -> list[float]:
+    """One attempt whose call fails with ``error`` (None: answers); the timeouts the call was given."""
+    timeouts: list[float] = []
+
+    async def call(timeout_s: float) -> bytes:
+        timeouts.append(timeout_s)
+        if error is not None:
+            raise error
+        return b"ok"
+
+    permit = breaker.allow()
+    assert permit is not None
+    assert await attempt(breaker, permit, call, remaining_s=remaining_s, attempt_timeout_s=attempt_timeout_s,
+                         peer="a") == b"ok"
+    return timeouts
+
+
+@pytest.mark.parametrize("error", [UnavailableError("down"), OverloadedError("full"),
+                                   DeadlineExceededError("hung")])
+async def test_an_attempt_that_may_succeed_elsewhere_counts_against_the_peer(error: FoglineError) -> None:
+    breaker = one_failure_opens()
+    with pytest.raises(RetryElsewhere) as caught:
+        await run_attempt(breaker, error, attempt_timeout_s=0.1)  # a DEADLINE_EXCEEDED of our attempt timeout
+    assert caught.value.error is error and breaker.state is BreakerState.OPEN
+
+
+@pytest.mark.parametrize("error", [InvalidInputError("bad shape"), ModelNotFoundError("no such model")])
+async def test_an_attempt_the_peer_answered_is_final_and_a_success_for_its_breaker(error: FoglineError) -> None:
+    breaker = one_failure_opens()
+    with pytest.raises(type(error)):
+        await run_attempt(breaker, error)
+    assert breaker.closed and breaker.snapshot()["consecutive_failures"] == 0
+
+
+@pytest.mark.parametrize("error", [DeadlineExceededError("the caller's"), PayloadTooLargeError("too large"),
+                                   asyncio.CancelledError(), RuntimeError("a bug")])
+async def test_an_attempt_that_says_nothing_about_the_peer_hands_its_permit_back(error: BaseException) -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(BreakerSettings(consecutive_failures=1, half_open_probes=1, open_jitter=0.0), clock=clock)
+    permit = breaker.allow()
+    assert permit is not None
+    breaker.record(permit, Outcome.FAILURE, 0.01)
+    clock.now += 60  # half-open: one probe slot
+    with pytest.raises(type(error)):
+        await run_attempt(breaker, error)  # no attempt timeout: a DEADLINE_EXCEEDED is the caller's own
+    snapshot = breaker.snapshot()
+    assert (snapshot["state"], snapshot["probes_in_flight"], snapshot["probe_successes"]) == ("half_open", 0, 0)
+    assert breaker.accepting  # the probe slot is free again, and the probe counted neither way
+
+
+async def test_the_callers_deadline_is_reported_as_such_naming_the_peer() -> None:
+    with pytest.raises(DeadlineExceededError, match="deadline passed waiting for a: no answer"):
+        await run_attempt(one_failure_opens(), DeadlineExceededError("no answer"), attempt_timeout_s=2.0)
+
+
+async def test_an_attempt_gets_our_timeout_only_when_it_is_shorter_than_what_is_left() -> None:
+    assert await run_attempt(one_failure_opens(), None, attempt_timeout_s=0.2, remaining_s=1.0) == [0.2]
+    assert await run_attempt(one_failure_opens(), None, attempt_timeout_s=2.0, remaining_s=1.0) == [1.0]
+    assert await run_attempt(one_failure_opens(), None, attempt_timeout_s=None, remaining_s=1.0) == [1.0]

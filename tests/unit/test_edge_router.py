@@ -62,7 +62,7 @@ class Upstream:
         return self.node, model.decode(), data
 
 
-class Wire:
+class Messages:
     """Requests are ``model|input``; the small model's probabilities depend on the input."""
 
     def retarget(self, request: bytes, model: str) -> bytes:
@@ -74,8 +74,8 @@ class Wire:
         return np.array(PROBS[response[2]])
 
 
-class TooLarge(Wire):
-    """A wire on which every retargeted request is over the message limit."""
+class TooLarge(Messages):
+    """Messages of which every retargeted one is over the message limit."""
 
     def retarget(self, request: bytes, model: str) -> bytes:
         raise OverloadedError("too large")
@@ -107,7 +107,7 @@ class Edge:
                        dispatch, rng=rng, clock=self.clock),
             Dispatcher(pool(self.workers, frozenset(cloud_models), "worker", self.clock), "the cloud tier",  # type: ignore[arg-type]
                        dispatch, rng=rng, clock=self.clock),
-            Wire(), catalog=Catalog([DIGITS, CLOUD_ONLY]), clock=self.clock,
+            Messages(), catalog=Catalog([DIGITS, CLOUD_ONLY]), clock=self.clock,
             settings=EdgeRoutingSettings(**settings))  # type: ignore[arg-type]
 
     async def infer(self, model: str, data: bytes = EASY, **kwargs: object):  # type: ignore[no-untyped-def]
@@ -273,7 +273,7 @@ async def test_an_answer_with_nan_cannot_be_judged_so_it_escalates_or_is_degrade
 
 async def test_an_oversized_retarget_is_refused_before_any_device_or_worker_sees_it() -> None:
     edge = Edge()
-    edge.router.wire = TooLarge()  # type: ignore[assignment]
+    edge.router.messages = TooLarge()  # type: ignore[assignment]
     for model in ("digits", "big"):
         with pytest.raises(OverloadedError, match="too large"):
             await edge.infer(model, EASY)

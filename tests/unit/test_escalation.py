@@ -53,6 +53,23 @@ BUSY = DeviceState(healthy=2, overloaded=2)
 NONE = DeviceState(healthy=0)
 
 
+class Reachability:
+    """A fake ``CloudReachability``: a fixed answer, and how often (and about which models) it was asked."""
+
+    def __init__(self, answer: bool) -> None:
+        self.answer = answer
+        self.asked = 0
+        self.models: list[str] = []
+
+    def __call__(self, model: str) -> bool:
+        self.asked += 1
+        self.models.append(model)
+        return self.answer
+
+
+UP, DOWN = Reachability(True), Reachability(False)
+
+
 # --- decide ----------------------------------------------------------------------------------------
 
 def device(model: str, route: str, check: bool = False) -> Decision:
@@ -88,7 +105,8 @@ DECISIONS = [
                               for e, h, d, r, _ in DECISIONS])
 def test_decide_picks_the_first_tier_and_says_why(entry: CatalogEntry, hint: str, devices: DeviceState,
                                                   reachable: bool, expected: Decision) -> None:
-    assert EscalationPolicy().decide(entry, hint=hint, device_state=devices, cloud_reachable=reachable) == expected
+    decision = EscalationPolicy().decide(entry, hint=hint, device_state=devices, cloud_reachable=Reachability(reachable))
+    assert decision == expected
 
 
 REFUSALS = [
@@ -118,7 +136,7 @@ def test_decide_refuses_with_a_message_that_says_why(entry: CatalogEntry, hint: 
                                                      reachable: bool, error: type[FoglineError],
                                                      words: list[str]) -> None:
     with pytest.raises(error) as caught:
-        EscalationPolicy().decide(entry, hint=hint, device_state=devices, cloud_reachable=reachable)
+        EscalationPolicy().decide(entry, hint=hint, device_state=devices, cloud_reachable=Reachability(reachable))
     assert type(caught.value) is error
     for word in words:
         assert word in caught.value.message
@@ -127,7 +145,7 @@ def test_decide_refuses_with_a_message_that_says_why(entry: CatalogEntry, hint: 
 def test_overload_is_resource_exhausted_with_the_configured_retry_hint() -> None:
     policy = EscalationPolicy(PolicySettings(overload_retry_after_s=0.25))
     with pytest.raises(OverloadedError) as caught:
-        policy.decide(MLP, hint="auto", device_state=BUSY, cloud_reachable=True)
+        policy.decide(MLP, hint="auto", device_state=BUSY, cloud_reachable=UP)
     assert caught.value.code is ErrorCode.RESOURCE_EXHAUSTED
     assert caught.value.retry_after_s == 0.25
     assert "retry after 0.25 s" in caught.value.message
@@ -136,25 +154,13 @@ def test_overload_is_resource_exhausted_with_the_configured_retry_hint() -> None
 @pytest.mark.parametrize("hint", ["gpu", "", "Cloud", "edge", 1, True])
 def test_an_unknown_hint_is_invalid_input_naming_the_allowed_values(hint: object) -> None:
     with pytest.raises(InvalidInputError) as caught:
-        EscalationPolicy().decide(DIGITS, hint=hint, device_state=OK, cloud_reachable=True)  # type: ignore[arg-type]
+        EscalationPolicy().decide(DIGITS, hint=hint, device_state=OK, cloud_reachable=UP)  # type: ignore[arg-type]
     assert "'fogline.tier' must be one of 'auto', 'device', 'cloud'" in caught.value.message
     assert repr(hint) in caught.value.message
 
 
 def test_hint_defaults_to_auto() -> None:
-    assert EscalationPolicy().decide(MLP, device_state=OK, cloud_reachable=True).route == ROUTE_PLACEMENT
-
-
-class Reachability:
-    """A ``cloud_reachable`` callable that counts how often it was asked."""
-
-    def __init__(self, answer: bool) -> None:
-        self.answer = answer
-        self.asked = 0
-
-    def __call__(self) -> bool:
-        self.asked += 1
-        return self.answer
+    assert EscalationPolicy().decide(MLP, device_state=OK, cloud_reachable=UP).route == ROUTE_PLACEMENT
 
 
 @pytest.mark.parametrize(("entry", "devices", "asked"), [
@@ -182,10 +188,18 @@ def test_a_device_path_decision_does_not_ask_about_the_cloud_until_an_answer_is_
     assert reachable.asked == 1
 
 
+def test_reachability_is_asked_about_the_entrys_cloud_model() -> None:
+    reachable = Reachability(True)
+    EscalationPolicy().decide(RESNET, hint="auto", device_state=OK, cloud_reachable=reachable)
+    EscalationPolicy().decide(MLP_PLUS, hint="auto", device_state=BUSY, cloud_reachable=reachable)
+    resolve_cascade(DIGITS, HARD, reachable)
+    assert reachable.models == ["resnet50", "mlp-gpu", "digits-large"]
+
+
 def test_a_device_that_fails_is_answered_by_deciding_again_with_no_healthy_device() -> None:
     policy = EscalationPolicy()
-    assert policy.decide(MLP_PLUS, hint="auto", device_state=OK, cloud_reachable=True).tier == "device"
-    retry = policy.decide(MLP_PLUS, hint="auto", device_state=DeviceState(healthy=0), cloud_reachable=True)
+    assert policy.decide(MLP_PLUS, hint="auto", device_state=OK, cloud_reachable=UP).tier == "device"
+    retry = policy.decide(MLP_PLUS, hint="auto", device_state=DeviceState(healthy=0), cloud_reachable=UP)
     assert retry == cloud("mlp-gpu", ROUTE_FAILOVER)
 
 
@@ -202,18 +216,18 @@ HARD = np.array([[0.5, 0.3, 0.2]])
     (HARD, False, (False, ROUTE_DEGRADED)),
 ])
 def test_resolve_cascade(probs: np.ndarray, reachable: bool, expected: tuple[bool, str]) -> None:
-    verdict = resolve_cascade(DIGITS, probs, reachable)
+    verdict = resolve_cascade(DIGITS, probs, Reachability(reachable))
     assert verdict == expected
     assert verdict.degraded is (expected[1] == ROUTE_DEGRADED)
 
 
 def test_a_batch_with_one_hard_row_escalates_whole() -> None:
-    escalate, route = resolve_cascade(DIGITS, np.vstack([EASY, EASY, HARD]), cloud_reachable=True)
+    escalate, route = resolve_cascade(DIGITS, np.vstack([EASY, EASY, HARD]), cloud_reachable=UP)
     assert (escalate, route) == (True, ROUTE_CASCADE_HARD)
 
 
 def test_an_empty_batch_is_easy() -> None:
-    assert resolve_cascade(DIGITS, np.zeros((0, 3)), True) == CascadeVerdict(False, ROUTE_CASCADE_EASY)
+    assert resolve_cascade(DIGITS, np.zeros((0, 3)), UP) == CascadeVerdict(False, ROUTE_CASCADE_EASY)
 
 
 def test_an_easy_answer_never_asks_about_the_cloud() -> None:
@@ -224,12 +238,12 @@ def test_an_easy_answer_never_asks_about_the_cloud() -> None:
 
 def test_resolve_cascade_rejects_a_model_that_is_not_a_cascade() -> None:
     with pytest.raises(ValueError, match="'mlp' is not a cascade"):
-        resolve_cascade(MLP, EASY, True)
+        resolve_cascade(MLP, EASY, UP)
 
 
 def test_resolve_cascade_rejects_logits_from_the_device() -> None:
     with pytest.raises(InvalidInputError, match="logits"):
-        resolve_cascade(DIGITS, np.array([[2.3, -1.0, 0.4]]), True)
+        resolve_cascade(DIGITS, np.array([[2.3, -1.0, 0.4]]), UP)
 
 
 # --- catalog entries -------------------------------------------------------------------------------
@@ -371,10 +385,10 @@ def test_rows_with_nan_or_inf_cannot_be_judged_and_are_hard_whatever_the_rule(ru
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 def test_a_nan_answer_escalates_or_is_the_degraded_device_answer(dtype: type) -> None:
     probs = np.array([[0.95, 0.03, 0.02], [np.nan] * 3], dtype=dtype)
-    assert resolve_cascade(DIGITS, probs, True) == CascadeVerdict(True, ROUTE_CASCADE_HARD)
-    verdict = resolve_cascade(DIGITS, probs, False)
+    assert resolve_cascade(DIGITS, probs, UP) == CascadeVerdict(True, ROUTE_CASCADE_HARD)
+    verdict = resolve_cascade(DIGITS, probs, DOWN)
     assert verdict == CascadeVerdict(False, ROUTE_DEGRADED) and verdict.degraded
-    assert resolve_cascade(DIGITS, np.array([[np.inf, 0.0, 0.0]], dtype=dtype), True).escalate
+    assert resolve_cascade(DIGITS, np.array([[np.inf, 0.0, 0.0]], dtype=dtype), UP).escalate
 
 
 def test_judging_nan_rows_leaves_the_answer_untouched() -> None:
@@ -555,7 +569,7 @@ def test_a_calibrated_rule_reproduces_its_rate_when_the_edge_applies_it_to_float
     rule = threshold_for_rate(small32, "entropy", 0.137)
     assert rule.is_hard(small32).mean() == pytest.approx(0.137)
     assert all(resolve_cascade(CatalogEntry(name="d", placement=Placement.CASCADE, device_model="s", cloud_model="l",
-                                            rule=rule), row[None, :], True).escalate == bool(h)
+                                            rule=rule), row[None, :], UP).escalate == bool(h)
                for row, h in zip(small32[:100], rule.is_hard(small32)[:100], strict=True))
 
 

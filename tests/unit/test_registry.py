@@ -1,10 +1,11 @@
-"""EmbeddedRegistry: register, heartbeat, TTL expiry (injected clock), watchers."""
+"""EmbeddedRegistry: admission, register, heartbeat, TTL expiry (injected clock), watchers."""
 
 from __future__ import annotations
 
 import pytest
 
 from fogline.core.control.registry import EmbeddedRegistry, Load, Member
+from fogline.errors import ErrorCode, InvalidInputError
 
 
 class Clock:
@@ -86,3 +87,32 @@ def test_members_from_an_external_registry_are_set_per_service_and_never_expired
     assert registry.expire() == ["w"]  # only the embedded member missed its heartbeats
     registry.sync_service("device", [b])
     assert [s.member.id for s in registry.members("device")] == ["b"]
+
+
+@pytest.mark.parametrize(("joining", "message"), [
+    (Member(id="", service="device", address="h:1", region="r"), "member id and address are required"),
+    (Member(id="x", service="device", address="", region="r"), "member id and address are required"),
+    (Member(id="x", service="worker", address="h:1", region="r"), "service 'worker' cannot join here; expected ['device']"),
+    (Member(id="x", service="device", address="h:1", region="elsewhere"),
+     "member of region 'elsewhere' cannot join region 'r'"),
+])
+def test_admit_refuses_a_member_that_cannot_join_and_registers_nothing(joining: Member, message: str) -> None:
+    registry = EmbeddedRegistry(services=frozenset({"device"}), region="r", clock=Clock())
+    with pytest.raises(InvalidInputError) as caught:
+        registry.admit(joining)
+    assert caught.value.code is ErrorCode.INVALID_ARGUMENT and caught.value.message == message
+    assert registry.members() == []
+
+
+def test_admit_registers_a_member_of_the_region_or_of_none() -> None:
+    registry = EmbeddedRegistry(services=frozenset({"device"}), region="r", clock=Clock())
+    registry.admit(Member(id="a", service="device", address="h:1", region="r"))
+    registry.admit(Member(id="b", service="device", address="h:2"))  # names no region: taken in any
+    assert sorted(s.member.id for s in registry.members("device")) == ["a", "b"]
+
+
+def test_a_registry_of_no_region_admits_members_of_every_region() -> None:
+    registry = EmbeddedRegistry(services=frozenset({"edge", "worker"}), clock=Clock())
+    registry.admit(Member(id="e1", service="edge", address="h:1", region="a"))
+    registry.admit(Member(id="w1", service="worker", address="h:2", region="b"))
+    assert [s.member.id for s in registry.members()] == ["e1", "w1"]

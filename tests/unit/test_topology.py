@@ -12,6 +12,7 @@ from fogline.core.control.topology import TopologyFollower, TopologyPublisher, T
 from fogline.core.escalation.catalog import Catalog, CatalogEntry, Placement
 from fogline.core.escalation.hardness import HardnessRule
 from fogline.errors import UnavailableError
+from tests.polling import until
 
 WORKER = Member(id="w1", service="worker", address="h:1", models=frozenset({"large"}))
 EDGE = Member(id="e1", service="edge", address="h:2", region="a")
@@ -70,12 +71,6 @@ class Source:
 def snapshot(version: int, *workers: Member, refresh_s: float = 0.02) -> TopologySnapshot:
     return TopologySnapshot(version=version, workers=tuple((w, Load()) for w in workers), catalog=Catalog([DIGITS]),
                             refresh_s=refresh_s)
-
-
-async def until(predicate, timeout_s: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    async with asyncio.timeout(timeout_s):
-        while not predicate():
-            await asyncio.sleep(0.001)
 
 
 async def test_the_follower_keeps_the_last_topology_and_reconnects() -> None:

@@ -12,7 +12,6 @@ and ``policy`` (TOML: ``device_queue_limit``, ``escalation_timeout_s``).
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,11 +24,7 @@ from fogline.adapters.consul.watch import KVWatch, ServiceWatch
 from fogline.adapters.metrics import GaugeSample
 from fogline.core.control.registry import EmbeddedRegistry, Member
 from fogline.core.escalation.catalog import Catalog, CatalogError, parse_catalog
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from fogline.core.toml import tomllib
 
 log = logging.getLogger(__name__)
 
@@ -56,19 +51,23 @@ class ConsulDiscovery:
     sync again once it is back."""
 
     def control_plane(self) -> ConsulControlPlane:
+        """Where this process registers itself."""
         return ConsulControlPlane(self.consul, check_interval_s=self.check_interval_s,
                                   deregister_critical_after_s=self.deregister_critical_after_s)
 
     def watch(self, service: str, on_change: Callable[[list[Member]], None],
               region: str | None = None) -> ServiceWatch:
+        """A watch of the passing members of ``service`` (of ``region`` only, when given)."""
         return ServiceWatch(self.consul, service, on_change, region=region, wait_s=self.watch_wait_s,
                             max_backoff_s=self.watch_max_backoff_s)
 
     def kv(self, on_change: Callable[[dict[str, bytes]], None]) -> KVWatch:
+        """A watch of the live configuration under ``<kv_prefix>/``."""
         return KVWatch(self.consul, f"{self.kv_prefix}/", on_change, wait_s=self.watch_wait_s,
                        max_backoff_s=self.watch_max_backoff_s)
 
     def describe(self) -> dict[str, Any]:
+        """How discovery is configured, for status (the token only as set or not)."""
         return {"kind": "consul", "address": self.consul.url, "token": "<set>" if self.consul.token else "<none>",
                 "kv_prefix": self.kv_prefix}
 
@@ -91,22 +90,27 @@ class ConsulFollower:
         return [*self.watches, *([self.kv] if self.kv else [])]
 
     async def start(self) -> None:
+        """Start every watch."""
         for watch in self._all():
             await watch.start()
 
     async def stop(self) -> None:
+        """Stop every watch."""
         for watch in self._all():
             await watch.stop()
 
     @property
     def connected(self) -> bool:
+        """Whether every watch is in sync with Consul."""
         return all(w.connected for w in self._all())
 
     def status(self) -> dict[str, Any]:
+        """Discovery's state for ``/v1/status``."""
         return {**self.discovery.describe(), "connected": self.connected,
                 "watches": [w.status() for w in self._all()]}
 
     def gauges(self) -> list[GaugeSample]:
+        """One gauge per watch: 1 while it is in sync."""
         return [("fogline_discovery_connected", "1 while the Consul watch is in sync", {"watch": w.name},
                  float(w.connected)) for w in self._all()]
 

@@ -75,12 +75,12 @@ class ConsulControlPlane:
         return True
 
     async def deregister(self, member_id: str) -> None:
+        """Remove ``member_id`` from the agent (and with it its check)."""
         self._registered.pop(member_id, None)
         await self._call(f"deregister {member_id}", lambda c: c.agent.service.deregister(member_id))
 
     async def close(self) -> None:
+        """Close the connection to the agent (a later call opens a new one)."""
         if self._client is not None:
             await self._client.close()
             self._client = None
-
-

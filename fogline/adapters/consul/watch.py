@@ -22,6 +22,7 @@ from fogline.adapters.consul.client import (
     open_client,
     service_name,
 )
+from fogline.core.control.backoff import Backoff
 from fogline.core.control.registry import Member
 from fogline.core.tasks import stop_task
 from fogline.errors import FoglineError, InvalidInputError
@@ -48,6 +49,7 @@ class _BlockingWatch(Generic[T]):
         self.request_timeout_s = request_timeout_s
         self._on_change = on_change
         self._rng = rng or random.Random()
+        self._backoff = Backoff(initial_s=min_backoff_s, max_s=max_backoff_s, rng=self._rng)
         self._clock = clock
         self._sleep = sleep
         self.connected = False
@@ -61,10 +63,12 @@ class _BlockingWatch(Generic[T]):
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        """Open the Consul client and start the query loop."""
         self._client = open_client(self.settings)
         self._task = asyncio.create_task(self._run(), name=f"consul-watch {self.name}")
 
     async def stop(self) -> None:
+        """Stop the loop and close the client."""
         task, self._task = self._task, None
         await stop_task(task)
         if self._client is not None:
@@ -86,23 +90,25 @@ class _BlockingWatch(Generic[T]):
     async def _run(self) -> None:
         assert self._client is not None
         client = self._client
-        backoff_s = self.min_backoff_s
         while True:
-            wait_s = self.wait_s * (1 - 0.1 * self._rng.random())  # spread the watchers' wake-ups
             try:
-                index, data = await call_consul(
-                    self.settings, f"watch {self.name}", self._query(client, self.last_index, _duration(wait_s)),
-                    timeout_s=wait_s * 17 / 16 + self.request_timeout_s)  # Consul adds up to wait/16
-                value = self._convert(data)
+                index, value = await self._poll(client)
             except FoglineError as err:
-                self._failed(err, backoff_s)
-                await self._sleep(min(self.max_backoff_s, backoff_s * (0.5 + self._rng.random())))
-                backoff_s = min(self.max_backoff_s, backoff_s * 2)
+                self._failed(err)
+                await self._sleep(self._backoff.next_delay())
                 continue
-            backoff_s = self.min_backoff_s
-            self._synced(int(index), value)
+            self._backoff.reset()
+            self._synced(index, value)
 
-    def _failed(self, err: FoglineError, backoff_s: float) -> None:
+    async def _poll(self, client: consul.aio.Consul) -> tuple[int, T]:
+        """One blocking query: the index and value once something changed or the wait ran out."""
+        wait_s = self.wait_s * (1 - 0.1 * self._rng.random())  # spread the watchers' wake-ups
+        index, data = await call_consul(
+            self.settings, f"watch {self.name}", self._query(client, self.last_index, _duration(wait_s)),
+            timeout_s=wait_s * 17 / 16 + self.request_timeout_s)  # Consul adds up to wait/16
+        return int(index), self._convert(data)
+
+    def _failed(self, err: FoglineError) -> None:
         self.errors += 1
         if self.connected or self.last_error is None:
             log.warning("Consul watch %s lost Consul (%s); keeping the last known state", self.name, err)
@@ -172,6 +178,7 @@ class KVWatch(_BlockingWatch[dict[str, bytes]]):
 
     @property
     def values(self) -> dict[str, bytes]:
+        """The last known keys and values (empty before the first sync)."""
         return self.value or {}
 
     async def _query(self, client: consul.aio.Consul, index: int, wait: str) -> tuple[Any, Any]:

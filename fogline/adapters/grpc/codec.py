@@ -2,6 +2,7 @@
 
 Raw binary contents (``raw_input_contents`` / ``raw_output_contents``) are the fast path: numpy
 views over the received bytes, no per-element work. Typed ``contents`` are accepted too.
+:class:`V2Messages` is what the edge router needs of V2 messages it forwards as bytes.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import struct
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from fogline._proto import inference_pb2 as pb
+from fogline.adapters.grpc import wire
 from fogline.core.tensors import InferRequest, InferResponse, ParameterValue, numpy_dtype, v2_datatype
-from fogline.errors import InvalidInputError, echo_name
+from fogline.errors import InternalError, InvalidInputError, PayloadTooLargeError, echo_name
 
 # V2 datatype -> the InferTensorContents field that carries it. FP16 has none: raw only.
 CONTENTS_FIELD = {
@@ -89,6 +92,15 @@ def set_parameters(target: Mapping[str, pb.InferParameter], values: Mapping[str,
             param.double_param = value
         else:
             param.string_param = str(value)
+
+
+def encode_parameters(values: Mapping[str, ParameterValue]) -> bytes:
+    """``values`` as the parameters field of a ModelInferResponse (or ModelInferRequest: the same field
+    number): appended to an encoded one (``fogline.adapters.grpc.wire.with_id``), they replace its
+    parameters of the same keys and keep the others."""
+    msg = pb.ModelInferResponse()
+    set_parameters(msg.parameters, values)
+    return msg.SerializeToString()
 
 
 def _shape(name: str, dims: Iterable[int]) -> tuple[int, ...]:
@@ -260,3 +272,40 @@ def decode_outputs(msg: pb.ModelInferResponse) -> dict[str, np.ndarray]:
         else:
             out[tensor.name] = decode_typed(tensor.name, tensor.datatype, tensor.shape, tensor.contents)
     return out
+
+
+class V2Messages:
+    """``fogline.core.escalation.router.Messages`` for V2 messages as bytes; upstreams accept
+    ``max_message_bytes``."""
+
+    def __init__(self, *, max_message_bytes: int | None = None) -> None:
+        self.max_message_bytes = max_message_bytes
+
+    def retarget(self, request: bytes, model: str) -> bytes:
+        """``request`` for ``model`` (:func:`wire.retarget`); PayloadTooLargeError if the new name takes
+        it over the upstreams' message limit, before any upstream sees it."""
+        out = wire.retarget(request, model)
+        if self.max_message_bytes is not None and len(out) > self.max_message_bytes:
+            raise PayloadTooLargeError(f"the request is {len(request)} bytes, {len(out)} once addressed to the "
+                                       f"model {model!r} that serves it, over the {self.max_message_bytes}-byte "
+                                       f"message limit; send a smaller batch")
+        return out
+
+    @staticmethod
+    def probabilities(response: bytes, output: str | None) -> np.ndarray:
+        """The tensor ``output`` of an encoded ModelInferResponse (its only output if None)."""
+        try:
+            msg = pb.ModelInferResponse.FromString(response)
+        except DecodeError:
+            raise InternalError("an upstream answered with a malformed ModelInferResponse") from None
+        names = [t.name for t in msg.outputs]
+        if output is None and len(names) != 1:
+            raise InvalidInputError(f"model {msg.model_name!r} has outputs {names}: the catalog entry must name "
+                                    f"the one holding class probabilities (output = ...)")
+        index = 0 if output is None else names.index(output) if output in names else -1
+        if index < 0:
+            raise InvalidInputError(f"model {msg.model_name!r} has no output {output!r}; its outputs are {names}")
+        tensor = msg.outputs[index]
+        if msg.raw_output_contents:
+            return decode_raw(tensor.name, tensor.datatype, tensor.shape, msg.raw_output_contents[index])
+        return decode_typed(tensor.name, tensor.datatype, tensor.shape, tensor.contents)

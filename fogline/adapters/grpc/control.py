@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 import grpc
 
@@ -16,7 +17,9 @@ from fogline.core.control.registry import EmbeddedRegistry, Load, Member
 from fogline.core.control.topology import TopologyPublisher, TopologySnapshot
 from fogline.core.escalation.catalog import Catalog, CatalogEntry, Placement
 from fogline.core.escalation.hardness import HardnessRule
-from fogline.errors import InternalError, InvalidInputError
+from fogline.errors import FoglineError, InternalError
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -24,18 +27,21 @@ CONTROL_MAX_MESSAGE_BYTES = 1024 * 1024
 
 
 def member_from_proto(m: cpb.Member) -> Member:
+    """The core's member from its control-plane message."""
     return Member(id=m.id, service=m.service, address=m.address, region=m.region,
                   models=frozenset(m.models), capacity=m.capacity, http_address=m.http_address,
                   meta=dict(m.meta))
 
 
 def member_to_proto(m: Member) -> cpb.Member:
+    """The control-plane message of a member."""
     return cpb.Member(id=m.id, service=m.service, address=m.address, region=m.region,
                       models=sorted(m.models), capacity=m.capacity, http_address=m.http_address,
                       meta=m.meta)
 
 
 def entry_to_proto(entry: CatalogEntry) -> cpb.CatalogEntry:
+    """The control-plane message of a catalog entry."""
     msg = cpb.CatalogEntry(name=entry.name, placement=entry.placement.value, device_model=entry.device_model or "",
                            cloud_model=entry.cloud_model or "", output=entry.output or "")
     rule = entry.rule
@@ -46,6 +52,7 @@ def entry_to_proto(entry: CatalogEntry) -> cpb.CatalogEntry:
 
 
 def entry_from_proto(msg: cpb.CatalogEntry) -> CatalogEntry:
+    """A catalog entry from its control-plane message (unset rule thresholds stay unset)."""
     rule = None
     if msg.HasField("rule"):
         rule = HardnessRule(**{f: getattr(msg.rule, f) for f in ("max_prob_below", "entropy_above", "margin_below")
@@ -55,6 +62,7 @@ def entry_from_proto(msg: cpb.CatalogEntry) -> CatalogEntry:
 
 
 def topology_to_proto(snapshot: TopologySnapshot) -> cpb.Topology:
+    """The ``WatchTopology`` message of a snapshot."""
     return cpb.Topology(
         version=snapshot.version, refresh_ms=int(snapshot.refresh_s * 1000),
         workers=[cpb.WorkerState(member=member_to_proto(m), load=cpb.Load(in_flight=load.in_flight,
@@ -64,6 +72,7 @@ def topology_to_proto(snapshot: TopologySnapshot) -> cpb.Topology:
 
 
 def topology_from_proto(msg: cpb.Topology) -> TopologySnapshot:
+    """A snapshot from its ``WatchTopology`` message; InternalError for a catalog this edge cannot read."""
     try:
         catalog = Catalog(entry_from_proto(e) for e in msg.catalog)
     except ValueError as exc:  # a newer cloud master's catalog this edge cannot use
@@ -75,47 +84,39 @@ def topology_from_proto(msg: cpb.Topology) -> TopologySnapshot:
 
 
 class ControlServicer(cpb_grpc.ControlServicer):
-    """Registers children of a master into its embedded registry; on the cloud master, also streams
-    the topology to edge masters."""
+    """Registers children of a master into its embedded registry, whose rules decide who may join;
+    on the cloud master, also streams the topology to edge masters."""
 
-    def __init__(self, registry: EmbeddedRegistry, *, region: str, services: frozenset[str],
-                 topology: TopologyPublisher | None = None) -> None:
+    def __init__(self, registry: EmbeddedRegistry, *, topology: TopologyPublisher | None = None) -> None:
         self.registry = registry
-        self.region = region
-        self.services = services
         self.topology = topology
 
     async def Register(self, request: cpb.RegisterRequest,
                        context: grpc.aio.ServicerContext) -> cpb.RegisterResponse:
-        m = request.member
+        """Admit the member into the registry; INVALID_ARGUMENT if it may not join."""
         try:
-            if not m.id or not m.address:
-                raise InvalidInputError("member id and address are required")
-            if m.service not in self.services:
-                raise InvalidInputError(
-                    f"service {m.service!r} cannot join here; expected {sorted(self.services)}")
-            if self.region and m.region and m.region != self.region:
-                raise InvalidInputError(f"member of region {m.region!r} cannot join region {self.region!r}")
-        except InvalidInputError as exc:
+            self.registry.admit(member_from_proto(request.member))
+        except FoglineError as exc:
             await abort(context, exc)
-        self.registry.register(member_from_proto(m))
         return cpb.RegisterResponse(heartbeat_interval_ms=int(self.registry.heartbeat_interval_s * 1000),
                                     ttl_ms=int(self.registry.ttl_s * 1000))
 
     async def Heartbeat(self, request: cpb.HeartbeatRequest,
                         context: grpc.aio.ServicerContext) -> cpb.HeartbeatResponse:
+        """Record the member's load and models; ``known`` is False if it must register again."""
         load = Load(in_flight=request.load.in_flight, queue_depth=request.load.queue_depth)
         known = self.registry.heartbeat(request.id, load, request.models or None)
         return cpb.HeartbeatResponse(known=known)
 
     async def Deregister(self, request: cpb.DeregisterRequest,
                          context: grpc.aio.ServicerContext) -> cpb.DeregisterResponse:
+        """Drop the member (nothing happens for an unknown one)."""
         self.registry.deregister(request.id)
         return cpb.DeregisterResponse()
 
-
     async def WatchTopology(self, request: cpb.WatchTopologyRequest,
                             context: grpc.aio.ServicerContext) -> AsyncIterator[cpb.Topology]:
+        """Stream the cloud master's topology; UNIMPLEMENTED on an edge master."""
         if self.topology is None:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED,
                                 "only the cloud master serves a topology; point --cloud at its control address")
@@ -134,29 +135,29 @@ class GrpcControlClient:
         self._channel = grpc.aio.insecure_channel(address, options=channel_options(CONTROL_MAX_MESSAGE_BYTES))
         self._stub = cpb_grpc.ControlStub(self._channel)
 
-    async def register(self, member: Member) -> tuple[float, float]:
+    async def _call(self, rpc: Callable[..., Awaitable[T]], request: object) -> T:
+        """One unary call; a failed one raises the FoglineError of its status."""
         try:
-            reply = await self._stub.Register(cpb.RegisterRequest(member=member_to_proto(member)),
-                                              timeout=self.timeout_s)
+            return await rpc(request, timeout=self.timeout_s)
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc, peer=f"master {self.address}") from None
+
+    async def register(self, member: Member) -> tuple[float, float]:
+        """Join the master; its (heartbeat interval, ttl) in seconds."""
+        reply = await self._call(self._stub.Register, cpb.RegisterRequest(member=member_to_proto(member)))
         return reply.heartbeat_interval_ms / 1000, reply.ttl_ms / 1000
 
     async def heartbeat(self, member_id: str, load: Load, models: list[str]) -> bool:
+        """Report load and models; False if the master no longer knows ``member_id``."""
         request = cpb.HeartbeatRequest(id=member_id, load=cpb.Load(in_flight=load.in_flight,
                                                                    queue_depth=load.queue_depth),
                                        models=models)
-        try:
-            reply = await self._stub.Heartbeat(request, timeout=self.timeout_s)
-        except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc, peer=f"master {self.address}") from None
-        return reply.known
+        reply = await self._call(self._stub.Heartbeat, request)
+        return bool(reply.known)
 
     async def deregister(self, member_id: str) -> None:
-        try:
-            await self._stub.Deregister(cpb.DeregisterRequest(id=member_id), timeout=self.timeout_s)
-        except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc, peer=f"master {self.address}") from None
+        """Leave the master."""
+        await self._call(self._stub.Deregister, cpb.DeregisterRequest(id=member_id))
 
     async def watch(self, watcher_id: str, region: str) -> AsyncIterator[TopologySnapshot]:
         """The cloud master's topology stream (implements ``fogline.core.control.topology.TopologySource``)."""
@@ -170,6 +171,7 @@ class GrpcControlClient:
             call.cancel()
 
     async def close(self) -> None:
+        """Close the channel to the master."""
         await self._channel.close()
 
 

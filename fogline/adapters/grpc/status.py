@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+from typing import TypeVar
+
 import grpc
 
 from fogline.errors import (
@@ -36,6 +39,8 @@ FROM_GRPC.update({
     grpc.StatusCode.ALREADY_EXISTS: ErrorCode.INVALID_ARGUMENT,
 })
 
+T = TypeVar("T")
+
 RETRY_AFTER_KEY = "retry-after-s"
 TOO_LARGE_KEY = "fogline-too-large"
 """Trailer of a RESOURCE_EXHAUSTED that is a :class:`PayloadTooLargeError`, not an overload."""
@@ -58,6 +63,14 @@ def from_rpc_error(exc: grpc.RpcError, *, peer: str = "") -> FoglineError:
         return PayloadTooLargeError(message)
     retry_after = trailers.get(RETRY_AFTER_KEY)
     return OverloadedError(message, retry_after_s=None if retry_after is None else float(retry_after))
+
+
+async def translated(call: Awaitable[T], *, peer: str) -> T:
+    """What ``call`` (a grpc call to ``peer``) returns; its failure as the FoglineError it stands for."""
+    try:
+        return await call
+    except grpc.aio.AioRpcError as exc:
+        raise from_rpc_error(exc, peer=peer) from None
 
 
 def trailing_metadata(err: FoglineError) -> tuple[tuple[str, str], ...]:

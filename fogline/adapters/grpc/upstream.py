@@ -11,10 +11,10 @@ import grpc
 
 from fogline._proto import inference_pb2 as pb
 from fogline._proto import inference_pb2_grpc as pb_grpc
+from fogline.adapters.grpc import wire
 from fogline.adapters.grpc.server import channel_options
 from fogline.adapters.grpc.status import from_rpc_error
-from fogline.adapters.grpc.wire import fields
-from fogline.core.parameters import PARAM_CODE, PARAM_TIMEOUT_MS
+from fogline.core.parameters import PARAM_CODE
 from fogline.errors import DeadlineExceededError, ErrorCode, FoglineError, UnavailableError, error_for_code
 
 _INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -97,7 +97,8 @@ class StreamUpstream(GrpcUpstream):
 
     async def infer(self, request: bytes, timeout_s: float | None) -> bytes:
         tag = str(next(self._ids))
-        message = request + self._suffix(tag, timeout_s)
+        timeout_ms = None if timeout_s is None else max(1, int(timeout_s * 1000))
+        message = wire.tag_stream_request(request, tag, timeout_ms)
         if len(message) > self.max_message_bytes:
             # NOTE: our tags would take the request over the peer's message limit, and one oversized message
             # ends the whole stream, every request on it with it: this one goes on a call of its own, as received.
@@ -120,14 +121,6 @@ class StreamUpstream(GrpcUpstream):
             if timer is not None:
                 timer.cancel()
 
-    @staticmethod
-    def _suffix(tag: str, timeout_s: float | None) -> bytes:
-        """What re-tags a request for the stream: its stream-local id and its caller's remaining time."""
-        suffix = pb.ModelInferRequest(id=tag)
-        if timeout_s is not None:
-            suffix.parameters[PARAM_TIMEOUT_MS].int64_param = max(1, int(timeout_s * 1000))
-        return suffix.SerializeToString()
-
     def _expire(self, future: asyncio.Future[bytes], timeout_s: float) -> None:
         if not future.done():
             future.set_exception(DeadlineExceededError(f"{self.name}: no answer within {timeout_s:.3f}s"))
@@ -146,18 +139,8 @@ class StreamUpstream(GrpcUpstream):
 
     @staticmethod
     def _deliver(reply: bytes, pending: dict[str, asyncio.Future[bytes]]) -> None:
-        error, body = "", memoryview(b"")
-        for field, _, value in fields(reply):
-            if field == 1:
-                error = bytes(value).decode(errors="replace")  # type: ignore[arg-type]
-            elif field == 2:
-                body = value  # type: ignore[assignment]
-        # The last id wins, as in protobuf: a chained hop (cloud -> edge -> device) appends its own.
-        tag = ""
-        for field, _, value in fields(bytes(body)):
-            if field == 3:
-                tag = bytes(value).decode()  # type: ignore[arg-type]
-        future = pending.get(tag)
+        error, body = wire.read_stream_response(reply)
+        future = pending.get(wire.message_id(body))
         if future is None or future.done():
             return  # expired or abandoned: nobody waits for it
         if error:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,9 +22,9 @@ from google.protobuf.message import DecodeError
 
 from fogline._proto import inference_pb2 as pb
 from fogline._version import __version__
+from fogline.adapters.grpc import wire
 from fogline.adapters.grpc.codec import decode_request, encode_response, positive_parameter
 from fogline.adapters.grpc.status import TO_GRPC, as_fogline_error, status_details, trailing_metadata
-from fogline.adapters.grpc.wire import length_delimited
 from fogline.adapters.metrics import UNKNOWN_MODEL, Metrics
 from fogline.core.parameters import PARAM_CODE, PARAM_TIMEOUT_MS
 from fogline.core.serving.dataplane import LocalDataPlane
@@ -137,98 +138,127 @@ def stream_error(request_id: str, err: FoglineError) -> bytes:
     return reply.SerializeToString()
 
 
-def v2_handler(backend: V2Backend, metrics: Metrics) -> grpc.GenericRpcHandler:
-    """The generic handler that serves ``backend`` as ``inference.GRPCInferenceService``."""
+Unary = Callable[["V2Servicer", bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
 
-    async def infer(data: bytes, request: pb.ModelInferRequest, deadline: float | None) -> bytes:
-        """One inference, counted in the metrics whatever its outcome."""
-        started = time.perf_counter()
-        model = request.model_name if backend.known_model(request.model_name) else UNKNOWN_MODEL
-        try:
-            out = await backend.infer(data, request, deadline)
-        except Exception as exc:
-            metrics.observe(model, as_fogline_error(exc).code.value, time.perf_counter() - started)
-            raise
-        metrics.observe(model, "OK", time.perf_counter() - started)
-        return out
 
-    async def model_infer(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+def _aborting(method: Unary) -> Unary:
+    """The RPC's failures become its gRPC status (:func:`abort`)."""
+
+    @functools.wraps(method)
+    async def serve(self: V2Servicer, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
-            request = _parse(pb.ModelInferRequest, data)
-            return await infer(data, request, deadline_of(context))
+            return await method(self, data, context)
         except Exception as exc:
             await abort(context, exc)
             raise  # unreachable: abort raises
 
-    async def model_stream_infer(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
-        """Serve every request of the stream concurrently; replies go out as they finish."""
-        replies: asyncio.Queue[bytes | None] = asyncio.Queue()
-        running: set[asyncio.Task[None]] = set()
+    return serve
 
-        async def serve(data: bytes) -> None:
-            request_id = ""
-            try:
-                request = _parse(pb.ModelInferRequest, data)
-                request_id = request.id
-                body = await infer(data, request, stream_deadline(request))
-            except Exception as exc:
-                replies.put_nowait(stream_error(request_id, as_fogline_error(exc)))
-            else:
-                replies.put_nowait(length_delimited(2, body))  # ModelStreamInferResponse.infer_response
 
-        async def read_all() -> None:
-            async for data in requests:
-                task = asyncio.create_task(serve(data))
-                running.add(task)
-                task.add_done_callback(running.discard)
-            while running:
-                await asyncio.wait(set(running))
-            replies.put_nowait(None)
+class V2Servicer:
+    """Serves ``backend`` as ``inference.GRPCInferenceService``: each method takes the request's bytes
+    (parsed here, see the module docstring) and answers bytes; every inference is counted in ``metrics``."""
 
-        reader = asyncio.create_task(read_all())
+    def __init__(self, backend: V2Backend, metrics: Metrics) -> None:
+        self.backend = backend
+        self.metrics = metrics
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """The generic handler with one method handler per RPC."""
+        unary = {"ModelInfer": self.ModelInfer, "ServerLive": self.ServerLive, "ServerReady": self.ServerReady,
+                 "ServerMetadata": self.ServerMetadata, "ModelReady": self.ModelReady,
+                 "ModelMetadata": self.ModelMetadata}
+        handlers = {name: grpc.unary_unary_rpc_method_handler(fn) for name, fn in unary.items()}
+        handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(self.ModelStreamInfer)
+        return grpc.method_handlers_generic_handler(SERVICE, handlers)
+
+    async def infer(self, data: bytes, request: pb.ModelInferRequest, deadline: float | None) -> bytes:
+        """One inference, counted in the metrics whatever its outcome."""
+        started = time.perf_counter()
+        backend = self.backend
+        model = request.model_name if backend.known_model(request.model_name) else UNKNOWN_MODEL
         try:
-            while (reply := await replies.get()) is not None:
+            out = await backend.infer(data, request, deadline)
+        except Exception as exc:
+            self.metrics.observe(model, as_fogline_error(exc).code.value, time.perf_counter() - started)
+            raise
+        self.metrics.observe(model, "OK", time.perf_counter() - started)
+        return out
+
+    @_aborting
+    def ModelInfer(self, data: bytes, context: grpc.aio.ServicerContext) -> Awaitable[bytes]:
+        # NOTE: a plain method returning infer's coroutine: no coroutine of its own on the hot path.
+        return self.infer(data, _parse(pb.ModelInferRequest, data), deadline_of(context))
+
+    async def ModelStreamInfer(self, requests: AsyncIterator[bytes],
+                               context: grpc.aio.ServicerContext) -> None:
+        """Serve every request of the stream concurrently; replies go out as they finish."""
+        stream = _Stream(self)
+        reader = asyncio.create_task(stream.read_all(requests))
+        try:
+            while (reply := await stream.replies.get()) is not None:
                 await context.write(reply)
         finally:
             reader.cancel()
-            for task in list(running):
-                task.cancel()
+            stream.cancel()
 
-    async def server_live(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def ServerLive(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return pb.ServerLiveResponse(live=True).SerializeToString()
 
-    async def server_ready(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        return pb.ServerReadyResponse(ready=backend.ready()).SerializeToString()
+    async def ServerReady(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return pb.ServerReadyResponse(ready=self.backend.ready()).SerializeToString()
 
-    async def server_metadata(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        return pb.ServerMetadataResponse(name=backend.name, version=__version__).SerializeToString()
+    async def ServerMetadata(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return pb.ServerMetadataResponse(name=self.backend.name, version=__version__).SerializeToString()
 
-    async def model_ready(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        try:
-            req = _parse(pb.ModelReadyRequest, data)
-            ready = await backend.model_ready(req.name, req.version)
-        except Exception as exc:
-            await abort(context, exc)
-            raise
+    @_aborting
+    async def ModelReady(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        req = _parse(pb.ModelReadyRequest, data)
+        ready = await self.backend.model_ready(req.name, req.version)
         return pb.ModelReadyResponse(ready=ready).SerializeToString()
 
-    async def model_metadata(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        try:
-            req = _parse(pb.ModelMetadataRequest, data)
-            msg = await backend.model_metadata(req.name, req.version)
-        except Exception as exc:
-            await abort(context, exc)
-            raise
+    @_aborting
+    async def ModelMetadata(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        req = _parse(pb.ModelMetadataRequest, data)
+        msg = await self.backend.model_metadata(req.name, req.version)
         return msg.SerializeToString()
 
-    unary: dict[str, Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]] = {
-        "ModelInfer": model_infer,
-        "ServerLive": server_live,
-        "ServerReady": server_ready,
-        "ServerMetadata": server_metadata,
-        "ModelReady": model_ready,
-        "ModelMetadata": model_metadata,
-    }
-    handlers = {name: grpc.unary_unary_rpc_method_handler(fn) for name, fn in unary.items()}
-    handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(model_stream_infer)
-    return grpc.method_handlers_generic_handler(SERVICE, handlers)
+
+class _Stream:
+    """One ModelStreamInfer call: its requests served concurrently, their replies queued as they finish
+    (None last)."""
+
+    def __init__(self, servicer: V2Servicer) -> None:
+        self._servicer = servicer
+        self.replies: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def serve(self, data: bytes) -> None:
+        request_id = ""
+        try:
+            request = _parse(pb.ModelInferRequest, data)
+            request_id = request.id
+            body = await self._servicer.infer(data, request, stream_deadline(request))
+        except Exception as exc:
+            self.replies.put_nowait(stream_error(request_id, as_fogline_error(exc)))
+        else:
+            self.replies.put_nowait(wire.stream_response(body))
+
+    async def read_all(self, requests: AsyncIterator[bytes]) -> None:
+        running = self._running
+        async for data in requests:
+            task = asyncio.create_task(self.serve(data))
+            running.add(task)
+            task.add_done_callback(running.discard)
+        while running:
+            await asyncio.wait(set(running))
+        self.replies.put_nowait(None)
+
+    def cancel(self) -> None:
+        for task in list(self._running):
+            task.cancel()
+
+
+def v2_handler(backend: V2Backend, metrics: Metrics) -> grpc.GenericRpcHandler:
+    """The generic handler that serves ``backend`` as ``inference.GRPCInferenceService``."""
+    return V2Servicer(backend, metrics).handler()

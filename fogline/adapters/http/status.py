@@ -41,6 +41,8 @@ JsonRoute = Callable[[], Awaitable[Any]]
 
 
 class StatusSource(Protocol):
+    """What a process tells its REST status server: whether it is ready, and its status document."""
+
     def readiness(self) -> tuple[bool, str]:
         """(ready, why not)."""
 

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from fogline.core.control.backoff import Backoff
 from fogline.core.control.registry import EmbeddedRegistry, Load, Member, MemberState
 from fogline.core.escalation.catalog import Catalog, describe
 from fogline.core.tasks import stop_task
@@ -30,6 +31,8 @@ WORKER_SERVICE = "worker"
 
 @dataclass(frozen=True, kw_only=True)
 class TopologySnapshot:
+    """One state of the topology: the GPU workers with their last load, and the model catalog."""
+
     version: int
     """Increases with every change of workers or catalog."""
     workers: tuple[tuple[Member, Load], ...]
@@ -60,6 +63,7 @@ class TopologyPublisher:
             self._changed()
 
     def set_catalog(self, catalog: Catalog) -> None:
+        """Publish ``catalog`` (a change only if it differs)."""
         if catalog != self.catalog:
             self.catalog = catalog
             self._changed()
@@ -71,6 +75,7 @@ class TopologyPublisher:
                 waiter.set_result(None)
 
     def snapshot(self) -> TopologySnapshot:
+        """The current topology."""
         workers = tuple((s.member, s.load) for s in self.registry.members(WORKER_SERVICE))
         return TopologySnapshot(version=self.version, workers=workers, catalog=self.catalog,
                                 refresh_s=self.refresh_s)
@@ -89,6 +94,8 @@ class TopologyPublisher:
 
 
 class TopologySource(Protocol):
+    """Where an edge master reads the cloud master's topology from (the gRPC control client)."""
+
     def watch(self, watcher_id: str, region: str) -> AsyncIterator[TopologySnapshot]:
         """The cloud master's snapshots; raises FoglineError when the stream fails."""
 
@@ -104,8 +111,7 @@ class TopologyFollower:
         self._watcher_id = watcher_id
         self._region = region
         self._silence_refreshes = silence_refreshes
-        self._max_backoff_s = max_backoff_s
-        self._rng = rng or random.Random()
+        self._backoff = Backoff(initial_s=0.05, max_s=max_backoff_s, rng=rng)
         self._clock = clock
         self.last: TopologySnapshot | None = None
         self.connected = False
@@ -116,28 +122,32 @@ class TopologyFollower:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
+        """Start following in the background."""
         self._task = asyncio.create_task(self._run(), name="topology")
 
     async def stop(self) -> None:
+        """Stop following (the last topology stays)."""
         await stop_task(self._task)
 
     async def _run(self) -> None:
-        backoff = 0.05
         while True:
-            try:
-                await self._follow()
-                self.last_error = "the cloud master ended the topology stream"
-            except FoglineError as err:
-                self.last_error = str(err)
-            except asyncio.TimeoutError:
-                self.last_error = "the cloud master's topology stream went silent"
+            self.last_error = await self._follow_until_lost()
             if self.connected:
-                backoff = 0.05
+                self._backoff.reset()
                 log.warning("topology from the cloud master lost (%s); keeping the last one (version %s)",
                             self.last_error, self.last.version if self.last else None)
             self.connected = False
-            await asyncio.sleep(backoff * (0.5 + self._rng.random()))
-            backoff = min(backoff * 2, self._max_backoff_s)
+            await asyncio.sleep(self._backoff.next_delay())
+
+    async def _follow_until_lost(self) -> str:
+        """Follow one stream until it ends or fails; why it was lost."""
+        try:
+            await self._follow()
+        except FoglineError as err:
+            return str(err)
+        except asyncio.TimeoutError:
+            return "the cloud master's topology stream went silent"
+        return "the cloud master ended the topology stream"
 
     async def _follow(self) -> None:
         updates = self.source.watch(self._watcher_id, self._region)
@@ -163,6 +173,7 @@ class TopologyFollower:
         self.first.set()
 
     def status(self) -> dict[str, Any]:
+        """The follower's state for the edge master's ``/v1/status``."""
         last = self.last
         return {"connected": self.connected, "version": last.version if last else None,
                 "age_s": None if self.received_at is None else round(self._clock() - self.received_at, 3),

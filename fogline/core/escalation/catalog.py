@@ -20,7 +20,6 @@ on GPU workers (placement ``cloud``).
 from __future__ import annotations
 
 import enum
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +30,7 @@ from fogline.core.parameters import (
     TIER_CLOUD,
     TIER_DEVICE,
 )
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from fogline.core.toml import tomllib
 
 _RULE_KEYS = ("max_prob_below", "entropy_above", "margin_below")
 _ENTRY_KEYS = frozenset({"placement", "device_model", "cloud_model", "output", *_RULE_KEYS})

@@ -6,15 +6,15 @@ a cascade's device answer. Pure domain logic: no I/O, no protocol imports. Per r
     if decision.check_hardness:
         escalate, route = resolve_cascade(entry, probs, cloud_reachable=reachable)
 
-``cloud_reachable`` takes a bool or a callable. A callable is called only where the answer changes
-the outcome (``fogline.core.escalation.router`` passes one that asks the GPU workers' circuit breakers).
+``cloud_reachable`` is a :class:`CloudReachability`: asked about a cloud model only where the answer
+changes the outcome (``fogline.core.escalation.router`` passes the cloud dispatcher's ``reachable``,
+which asks the GPU workers' circuit breakers).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple, NoReturn
+from typing import NamedTuple, NoReturn, Protocol
 
 import numpy as np
 
@@ -35,7 +35,12 @@ from fogline.core.parameters import (
 )
 from fogline.errors import InvalidInputError, OverloadedError, UnavailableError, echo_name
 
-CloudReachable = bool | Callable[[], bool]
+
+class CloudReachability(Protocol):
+    """Whether a request for a cloud model may go to the cloud now."""
+
+    def __call__(self, model: str, /) -> bool:
+        """True while some GPU worker holding ``model`` can take a call."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,13 +95,11 @@ class CascadeVerdict(NamedTuple):
 
 @dataclass(frozen=True, kw_only=True)
 class PolicySettings:
+    """What the policy tells a caller it refuses."""
+
     overload_retry_after_s: float = 0.5
     """Retry hint in the RESOURCE_EXHAUSTED error when every device holding the model is over its
     queue limit and the cloud cannot take the request."""
-
-
-def _reachable(cloud_reachable: CloudReachable) -> bool:
-    return cloud_reachable() if callable(cloud_reachable) else bool(cloud_reachable)
 
 
 def _check_hint(entry: CatalogEntry, hint: str) -> None:
@@ -118,7 +121,7 @@ class EscalationPolicy:
         self.settings = settings
 
     def decide(self, entry: CatalogEntry, *, hint: str = TIER_AUTO, device_state: DeviceState,
-               cloud_reachable: CloudReachable) -> Decision:
+               cloud_reachable: CloudReachability) -> Decision:
         """The first tier to try for a request to ``entry``. A device that then fails can be treated
         by deciding again with ``DeviceState(healthy=0)``."""
         _check_hint(entry, hint)
@@ -128,7 +131,7 @@ class EscalationPolicy:
             return _in_cloud(entry, ROUTE_HINT, cloud_reachable)
         if entry.placement is Placement.CLOUD:
             return _in_cloud(entry, ROUTE_PLACEMENT, cloud_reachable)
-        if entry.cloud_model and not _device_can_take(device_state) and _reachable(cloud_reachable):
+        if entry.cloud_model and not _device_can_take(device_state) and cloud_reachable(entry.cloud_model):
             route = ROUTE_OVERFLOW if device_state.any_healthy else ROUTE_FAILOVER
             return Decision(tier=TIER_CLOUD, model=entry.model_on(TIER_CLOUD), route=route)
         why = "and the cloud tier is unreachable" if entry.cloud_model else "and it has no cloud variant"
@@ -153,14 +156,15 @@ def _device_can_take(state: DeviceState) -> bool:
     return state.any_healthy and not state.all_overloaded
 
 
-def _in_cloud(entry: CatalogEntry, route: str, cloud_reachable: CloudReachable) -> Decision:
-    if not _reachable(cloud_reachable):
+def _in_cloud(entry: CatalogEntry, route: str, cloud_reachable: CloudReachability) -> Decision:
+    if not cloud_reachable(entry.model_on(TIER_CLOUD)):
         why = "it runs only in the cloud" if route == ROUTE_PLACEMENT else f"{PARAM_TIER} 'cloud' was asked for"
         raise UnavailableError(f"the cloud tier is unreachable; model {entry.name!r} cannot be served ({why})")
     return Decision(tier=TIER_CLOUD, model=entry.model_on(TIER_CLOUD), route=route)
 
 
-def resolve_cascade(entry: CatalogEntry, device_probs: np.ndarray, cloud_reachable: CloudReachable) -> CascadeVerdict:
+def resolve_cascade(entry: CatalogEntry, device_probs: np.ndarray,
+                    cloud_reachable: CloudReachability) -> CascadeVerdict:
     """After a cascade's device answer: keep it (``cascade-easy``), escalate it (``cascade-hard``), or
     keep it flagged because the cloud is unreachable (``degraded``). A request is hard when any of
     its rows is, a row with a NaN or an infinity included, and then goes to the cloud whole, so that one
@@ -169,7 +173,7 @@ def resolve_cascade(entry: CatalogEntry, device_probs: np.ndarray, cloud_reachab
         raise ValueError(f"model {entry.name!r} is not a cascade (placement {entry.placement.value!r})")
     if not entry.rule.is_hard(device_probs).any():
         return CascadeVerdict(False, ROUTE_CASCADE_EASY)
-    if _reachable(cloud_reachable):
+    if cloud_reachable(entry.model_on(TIER_CLOUD)):
         return CascadeVerdict(True, ROUTE_CASCADE_HARD)
     return CascadeVerdict(False, ROUTE_DEGRADED)
 

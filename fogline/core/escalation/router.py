@@ -18,13 +18,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 
 from fogline.core.escalation.catalog import Catalog, CatalogEntry
-from fogline.core.escalation.policy import DeviceState, EscalationPolicy, resolve_cascade
+from fogline.core.escalation.policy import CascadeVerdict, DeviceState, EscalationPolicy, resolve_cascade
 from fogline.core.parameters import (
     ROUTE_CASCADE_HARD,
     ROUTE_DEGRADED,
@@ -34,7 +34,7 @@ from fogline.core.parameters import (
     TIER_CLOUD,
     TIER_DEVICE,
 )
-from fogline.core.routing.dispatch import Dispatcher
+from fogline.core.routing.dispatch import Dispatched, Dispatcher, Upstream
 from fogline.errors import (
     PEER_FAILURE_CODES,
     FoglineError,
@@ -53,8 +53,8 @@ R = TypeVar("R")
 R_contra = TypeVar("R_contra", contravariant=True)
 
 
-class Wire(Protocol[R_contra]):
-    """The two things the router needs to know of the protocol's messages."""
+class Messages(Protocol[R_contra]):
+    """The operations on the protocol's messages the router needs: requests as bytes, responses as R."""
 
     def retarget(self, request: bytes, model: str) -> bytes:
         """``request`` addressed to ``model`` instead; OverloadedError if that makes it too large to send."""
@@ -65,6 +65,8 @@ class Wire(Protocol[R_contra]):
 
 @dataclass(frozen=True, kw_only=True)
 class EdgeRoutingSettings:
+    """When a device counts as over its queue limit, and how long a cascade waits for the cloud."""
+
     device_queue_limit: int = 128
     """Requests of ours outstanding at one device node beyond which it counts as over its queue limit;
     when every healthy device holding a model is, its requests overflow to the cloud (if it has a
@@ -88,20 +90,25 @@ class Routed(Generic[R]):
     tier: str
     node: str
     route: str
+    """Why it ran there: the ``fogline.route`` label, decided once per request."""
     attempts: int
-    degraded: bool = False
+
+    @property
+    def degraded(self) -> bool:
+        """The device answer of a cascade, returned because the cloud could not give its own."""
+        return self.route == ROUTE_DEGRADED
 
 
 class EdgeRouter(Generic[R]):
     """Runs requests on ``devices`` (the region's device nodes) or ``cloud`` (the GPU workers)."""
 
-    def __init__(self, devices: Dispatcher[R], cloud: Dispatcher[R], wire: Wire[R], *,
+    def __init__(self, devices: Dispatcher[R], cloud: Dispatcher[R], messages: Messages[R], *,
                  catalog: Catalog | None = None, policy: EscalationPolicy | None = None,
                  settings: EdgeRoutingSettings = EdgeRoutingSettings(),
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.devices = devices
         self.cloud = cloud
-        self.wire = wire
+        self.messages = messages
         self.catalog = catalog or Catalog()
         self.policy = policy or EscalationPolicy()
         self.settings = settings
@@ -109,26 +116,39 @@ class EdgeRouter(Generic[R]):
 
     def entry(self, name: str) -> CatalogEntry:
         """The catalog entry of ``name``; ModelNotFoundError naming what is served if there is none."""
-        entry = self.catalog.resolve(name, on_devices=bool(self.devices.pool.for_model(name)),
-                                     in_cloud=bool(self.cloud.pool.for_model(name)))
+        entry = self.catalog.resolve(name, on_devices=self.devices.holds(name), in_cloud=self.cloud.holds(name))
         if entry is None:
-            if not (self.devices.pool.endpoints or self.cloud.pool.endpoints):
+            if self.devices.empty and self.cloud.empty:
                 raise UnavailableError(f"no device node is registered in {self.devices.scope} and no GPU worker "
                                        f"is known; nothing can serve {echo_name(name)} yet")
             raise ModelNotFoundError(f"model {echo_name(name)} is not served in {self.devices.scope} or the cloud "
                                      f"tier; available: {echo_names(self.models())}")
         return entry
 
+    def knows(self, name: str) -> bool:
+        """Whether a client may ask for ``name`` here: a catalog name or a model some device or worker holds."""
+        return name in self.catalog.entries or self.devices.holds(name) or self.cloud.holds(name)
+
     def models(self) -> list[str]:
         """Every name a client may ask for here."""
-        return sorted({*self.devices.pool.models(), *self.cloud.pool.models(), *self.catalog.entries})
+        return sorted({*self.devices.models(), *self.cloud.models(), *self.catalog.entries})
+
+    def holders(self, name: str) -> list[tuple[str, Upstream[bytes, R]]]:
+        """The upstreams that can describe ``name``, devices first and least loaded first, each with the
+        name it knows the model by (the entry's device model on a device, its cloud model on a worker)."""
+        entry = self.entry(name)
+        found: list[tuple[str, Upstream[bytes, R]]] = []
+        for tier in entry.tiers:
+            model = entry.model_on(tier)
+            found += [(model, upstream) for upstream in self._tier(tier).holders(model)]
+        return found
 
     async def infer(self, model: str, request: bytes, *, hint: str = TIER_AUTO, session: str | None = None,
                     deadline: float | None = None) -> Routed[R]:
+        """Run ``request`` for ``model`` where the policy decides, and say where it ran and why."""
         entry = self.entry(model)
-        reachable = self._cloud_reachable(entry)
         decision = self.policy.decide(entry, hint=hint, device_state=self._device_state(entry),
-                                      cloud_reachable=reachable)
+                                      cloud_reachable=self.cloud.reachable)
         if decision.tier == TIER_CLOUD:
             return await self._in_cloud(entry, request, decision.route, deadline)
         on_device = self._retarget(request, entry, decision.model)
@@ -136,73 +156,78 @@ class EdgeRouter(Generic[R]):
             done = await self.devices.infer(decision.model, on_device, session=session, deadline=deadline)
         except (UnavailableError, OverloadedError) as err:
             # Every device holding the model failed or was full: the cloud, if the request may go there.
-            if hint == TIER_DEVICE or not entry.cloud_model or not reachable():
+            if hint == TIER_DEVICE or not self._cloud_takes(entry):
                 raise
             route = ROUTE_OVERFLOW if isinstance(err, OverloadedError) else ROUTE_FAILOVER
             return await self._in_cloud(entry, request, route, deadline)
-        answer = Routed(done.response, decision.model, TIER_DEVICE, done.endpoint, decision.route, done.attempts)
         if not decision.check_hardness:
-            return answer
-        return await self._cascade(entry, request, answer, reachable, deadline)
+            return _on_device(done, decision.model, decision.route)
+        return await self._cascade(entry, request, done, decision.model, deadline)
 
-    async def _cascade(self, entry: CatalogEntry, request: bytes, answer: Routed[R],
-                       reachable: Callable[[], bool], deadline: float | None) -> Routed[R]:
-        """Keep the device ``answer`` if it is easy; else the cloud's, or the device's degraded."""
-        try:
-            probs = self.wire.probabilities(answer.response, entry.output)
-            verdict = resolve_cascade(entry, probs, reachable)
-        except InvalidInputError as err:  # the catalog names an output that is not probabilities
-            raise InternalError(f"cascade {entry.name!r} cannot judge {answer.model!r}'s answer: {err}") from None
+    async def _cascade(self, entry: CatalogEntry, request: bytes, done: Dispatched[R], model: str,
+                       deadline: float | None) -> Routed[R]:
+        """Keep the device answer ``done`` of ``model`` if it is easy; else the cloud's, or the device's degraded."""
+        verdict = self._judge(entry, done.response, model)
         if not verdict.escalate:
-            return replace(answer, route=verdict.route, degraded=verdict.degraded)
+            return _on_device(done, model, verdict.route)
         ours = self._clock() + self.settings.escalation_timeout_s
         try:
-            cloud = await self._in_cloud(entry, request, ROUTE_CASCADE_HARD,
-                                         ours if deadline is None else min(deadline, ours))
+            return await self._in_cloud(entry, request, ROUTE_CASCADE_HARD,
+                                        ours if deadline is None else min(deadline, ours), done.attempts)
         except FoglineError as err:
             if err.code not in PEER_FAILURE_CODES:
                 raise
             log.debug("cascade %r answered on the device: %s", entry.name, err)
-            return replace(answer, route=ROUTE_DEGRADED, degraded=True)
-        return replace(cloud, attempts=cloud.attempts + answer.attempts)
+            return _on_device(done, model, ROUTE_DEGRADED)
 
-    async def _in_cloud(self, entry: CatalogEntry, request: bytes, route: str, deadline: float | None) -> Routed[R]:
+    def _judge(self, entry: CatalogEntry, response: R, model: str) -> CascadeVerdict:
+        """What becomes of a cascade's device answer (:func:`resolve_cascade`)."""
+        try:
+            probs = self.messages.probabilities(response, entry.output)
+            return resolve_cascade(entry, probs, self.cloud.reachable)
+        except InvalidInputError as err:  # the catalog names an output that is not probabilities
+            raise InternalError(f"cascade {entry.name!r} cannot judge {model!r}'s answer: {err}") from None
+
+    async def _in_cloud(self, entry: CatalogEntry, request: bytes, route: str, deadline: float | None,
+                        earlier_attempts: int = 0) -> Routed[R]:
         model = entry.model_on(TIER_CLOUD)
         try:
             done = await self.cloud.infer(model, self._retarget(request, entry, model), deadline=deadline)
         except UnavailableError as err:
             raise UnavailableError(f"the cloud tier is unreachable; model {entry.name!r} was to run there "
                                    f"({route}): {err}") from None
-        return Routed(done.response, model, TIER_CLOUD, done.endpoint, route, done.attempts)
+        return Routed(done.response, model, TIER_CLOUD, done.endpoint, route, earlier_attempts + done.attempts)
 
     def _retarget(self, request: bytes, entry: CatalogEntry, model: str) -> bytes:
-        return request if model == entry.name else self.wire.retarget(request, model)
+        return request if model == entry.name else self.messages.retarget(request, model)
 
-    def _cloud_reachable(self, entry: CatalogEntry) -> Callable[[], bool]:
-        """Whether a request for ``entry`` may go to the cloud now: a GPU worker holding its cloud model
-        has a circuit that takes calls (closed, or half-open with a probe slot free)."""
-        return lambda: self._cloud_may_help(entry)
+    def _tier(self, tier: str) -> Dispatcher[R]:
+        return self.cloud if tier == TIER_CLOUD else self.devices
+
+    def _cloud_takes(self, entry: CatalogEntry) -> bool:
+        """Whether a request for ``entry`` may go to the cloud now."""
+        return bool(entry.cloud_model) and self.cloud.reachable(entry.cloud_model)
 
     def _device_state(self, entry: CatalogEntry) -> DeviceState:
         if entry.device_model is None:
             return DeviceState(healthy=0)
-        endpoints = self.devices.pool.for_model(entry.device_model)
+        usable = self.devices.usable(entry.device_model)
+        if not usable and not self._cloud_takes(entry):
+            # Every circuit is open and nothing else can serve: the dispatcher's limits decide.
+            usable = self.devices.holding(entry.device_model)
         limit = self.settings.device_queue_limit
-        usable = [e for e in endpoints if e.breaker.closed or e.breaker.accepting]
-        if not usable and not self._cloud_may_help(entry):
-            usable = endpoints  # every circuit is open and nothing else can serve: the dispatcher's limits decide
         return DeviceState(healthy=len(usable), overloaded=sum(e.outstanding >= limit for e in usable))
-
-    def _cloud_may_help(self, entry: CatalogEntry) -> bool:
-        model = entry.cloud_model
-        return bool(model) and any(e.breaker.closed or e.breaker.accepting for e in self.cloud.pool.for_model(model))  # type: ignore[arg-type]
 
     @property
     def uplink_up(self) -> bool:
         """Some GPU worker's circuit takes calls."""
-        return any(e.breaker.accepting for e in self.cloud.pool.endpoints.values())
+        return self.cloud.reachable()
 
     def status(self) -> dict[str, object]:
         return {"uplink": "up" if self.uplink_up else "down",
                 "device_queue_limit": self.settings.device_queue_limit,
                 "escalation_timeout_s": self.settings.escalation_timeout_s}
+
+
+def _on_device(done: Dispatched[R], model: str, route: str) -> Routed[R]:
+    return Routed(done.response, model, TIER_DEVICE, done.endpoint, route, done.attempts)

@@ -37,12 +37,16 @@ class Outcome(enum.Enum):
 
 
 class BreakerState(enum.Enum):
+    """Closed: calls pass. Open: calls are refused. Half-open: a few probes decide which comes next."""
+
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
 
 
 class PermitKind(enum.Enum):
+    """Why a breaker let a call through."""
+
     CALL = "call"
     """The breaker is closed: an ordinary call."""
     PROBE = "probe"

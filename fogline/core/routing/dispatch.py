@@ -3,21 +3,23 @@
 Inference is idempotent, so a request that failed on an endpoint with UNAVAILABLE (the peer is down
 or draining), RESOURCE_EXHAUSTED (its queue is full) or DEADLINE_EXCEEDED on an attempt timeout of
 ours (it hangs) is retried on another endpoint holding the model, within the caller's deadline and
-the dispatcher's retry budget. Every endpoint has a circuit breaker (``Endpoint.breaker``) that
-sees each attempt's outcome; the pool's ejection limits decide which endpoints a request may go to
-(DESIGN.md §5).
+the dispatcher's retry budget (``fogline.errors.RETRYABLE_CODES``; one attempt is
+:func:`fogline.core.routing.attempt.attempt`). Every endpoint has a circuit breaker
+(``Endpoint.breaker``) that sees each attempt's outcome; the pool's ejection limits decide which
+endpoints a request may go to (DESIGN.md §5).
 """
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
 
-from fogline.core.routing.breaker import Outcome, Permit
+from fogline.core.routing.attempt import RetryElsewhere, attempt
+from fogline.core.routing.breaker import CircuitBreaker, Permit
 from fogline.core.routing.pool import Endpoint, EndpointPool, power_of_two_choices
 from fogline.core.routing.resilience import EjectionLimits, RetryBudget, RetryBudgetSettings
 from fogline.errors import (
@@ -26,7 +28,6 @@ from fogline.errors import (
     FoglineError,
     ModelNotFoundError,
     OverloadedError,
-    PayloadTooLargeError,
     UnavailableError,
     echo_name,
     echo_names,
@@ -36,15 +37,17 @@ Req = TypeVar("Req", contravariant=True)
 Resp = TypeVar("Resp", covariant=True)
 R = TypeVar("R")
 
-RETRYABLE = frozenset({ErrorCode.UNAVAILABLE, ErrorCode.RESOURCE_EXHAUSTED, ErrorCode.DEADLINE_EXCEEDED})
-
 
 class Upstream(Protocol[Req, Resp]):
+    """An endpoint's client: one call, failing with a FoglineError."""
+
     async def infer(self, request: Req, timeout_s: float | None) -> Resp: ...
 
 
 @dataclass(frozen=True, slots=True)
 class Dispatched(Generic[R]):
+    """An answer, the endpoint that gave it, and the attempts it took."""
+
     response: R
     endpoint: str
     attempts: int
@@ -52,6 +55,8 @@ class Dispatched(Generic[R]):
 
 @dataclass(frozen=True, kw_only=True)
 class DispatchSettings:
+    """How many attempts a request gets, how long each may take, and what one endpoint may hold."""
+
     max_attempts: int = 3
     """Endpoints one request may try (the first plus retries)."""
     attempt_timeout_s: float | None = 1.0
@@ -125,75 +130,100 @@ class Dispatcher(Generic[R]):
                     return by_id[mid]
         return power_of_two_choices(endpoints, self._rng)
 
+    def holds(self, model: str) -> bool:
+        """Some endpoint holds ``model``."""
+        return bool(self.pool.for_model(model))
+
+    def holding(self, model: str) -> list[Endpoint[Upstream[bytes, R]]]:
+        """The endpoints holding ``model``."""
+        return self.pool.for_model(model)
+
+    def holders(self, model: str) -> list[Upstream[bytes, R]]:
+        """The upstreams holding ``model``, least loaded first: the order to ask them about it."""
+        return [e.upstream for e in sorted(self.pool.for_model(model), key=Endpoint.load)]
+
+    def usable(self, model: str) -> list[Endpoint[Upstream[bytes, R]]]:
+        """The endpoints holding ``model`` whose circuit takes calls."""
+        return [e for e in self.pool.for_model(model) if takes_calls(e)]
+
+    def reachable(self, model: str | None = None) -> bool:
+        """Some endpoint (holding ``model``, if given) has a circuit that takes calls."""
+        endpoints = self.pool.endpoints.values() if model is None else self.pool.for_model(model)
+        return any(takes_calls(e) for e in endpoints)
+
+    def models(self) -> list[str]:
+        return self.pool.models()
+
+    @property
+    def empty(self) -> bool:
+        """No endpoint is registered."""
+        return not self.pool.endpoints
+
     async def infer(self, model: str, request: bytes, *, session: str | None = None,
                     deadline: float | None = None) -> Dispatched[R]:
+        """Send ``request`` for ``model`` to an endpoint, and to others while the failures are retryable
+        (:class:`RetryElsewhere`), the attempts, the deadline and the retry budget allow."""
         if deadline is None:
             deadline = self._clock() + self.settings.default_timeout_s
         tried: set[str] = set()
         last: FoglineError | None = None
         self.budget.record_request()
-        for attempt in range(1, self.settings.max_attempts + 1):
+        for attempt_no in range(1, self.settings.max_attempts + 1):
             chosen = self.choose(model, session, tried)
             if chosen is None:
                 break
             endpoint, permit = chosen
-            remaining = deadline - self._clock()
-            if remaining <= 0:
-                endpoint.breaker.release(permit)
-                raise DeadlineExceededError(f"deadline passed after {attempt - 1} attempts for {model!r}")
-            if attempt > 1 and not self.budget.try_spend():
-                endpoint.breaker.release(permit)
-                assert last is not None
-                raise type(last)(f"{model!r} failed in {self.scope} and the retry budget is spent; last: {last}")
+            remaining = self._admit(endpoint.breaker, permit, model, attempt_no, deadline, last)
             try:
-                response = await self._attempt(endpoint, permit, request, remaining)
-            except FoglineError as err:
-                if err.code not in RETRYABLE or isinstance(err, PayloadTooLargeError):
-                    raise
-                if self._clock() >= deadline:
-                    if err.code is ErrorCode.DEADLINE_EXCEEDED:
-                        raise
-                    raise DeadlineExceededError(f"deadline passed after {attempt} attempts for {model!r}; "
-                                                f"last: {err}") from None
+                return Dispatched(await self._attempt(endpoint, permit, request, remaining), endpoint.id, attempt_no)
+            except RetryElsewhere as retry:
+                self._check_deadline(retry.error, model, attempt_no, deadline)
                 tried.add(endpoint.id)
-                last = err
-                continue
-            return Dispatched(response, endpoint.id, attempt)
+                last = retry.error
         if last is not None:
             raise type(last)(f"{model!r} failed on {len(tried)} endpoints in {self.scope}; last: {last}")
         raise UnavailableError(f"no endpoint for {model!r} in {self.scope} can take the request "
                                f"(their circuits are open)")
 
+    def _admit(self, breaker: CircuitBreaker, permit: Permit, model: str, attempt_no: int, deadline: float,
+               last: FoglineError | None) -> float:
+        """What is left of ``deadline`` for attempt ``attempt_no``; when nothing is, or a retry finds the
+        budget spent, ``permit`` goes back and the request fails."""
+        remaining = deadline - self._clock()
+        if remaining <= 0:
+            breaker.release(permit)
+            raise DeadlineExceededError(f"deadline passed after {attempt_no - 1} attempts for {model!r}")
+        if attempt_no > 1 and not self.budget.try_spend():
+            breaker.release(permit)
+            assert last is not None
+            raise type(last)(f"{model!r} failed in {self.scope} and the retry budget is spent; last: {last}")
+        return remaining
+
+    def _check_deadline(self, err: FoglineError, model: str, attempt_no: int, deadline: float) -> None:
+        """A retryable ``err`` is final once the deadline has passed."""
+        if self._clock() < deadline:
+            return
+        if err.code is ErrorCode.DEADLINE_EXCEEDED:
+            raise err from None
+        raise DeadlineExceededError(f"deadline passed after {attempt_no} attempts for {model!r}; "
+                                    f"last: {err}") from None
+
     async def _attempt(self, endpoint: Endpoint[Upstream[bytes, R]], permit: Permit, request: bytes,
                        remaining: float) -> R:
-        """One call, its outcome told to the endpoint's breaker. A DEADLINE_EXCEEDED of the caller's own
-        deadline is final and says nothing about the peer; one of our attempt timeout is a retryable failure."""
-        per_try = self.settings.attempt_timeout_s
-        ours = per_try is not None and per_try < remaining
-        timeout = per_try if ours else remaining
-        breaker = endpoint.breaker
+        """One call (:func:`attempt`), counted in the endpoint's outstanding requests and reported."""
         endpoint.outstanding += 1
-        started = self._clock()
         try:
-            response = await endpoint.upstream.infer(request, timeout)
-        except FoglineError as err:
-            if err.code is ErrorCode.DEADLINE_EXCEEDED and not ours:
-                breaker.release(permit)
-                self._note(endpoint.id, err.code.value)
-                raise DeadlineExceededError(f"deadline passed waiting for {endpoint.id}: {err}") from None
-            if isinstance(err, PayloadTooLargeError):  # the caller's to fix: final, and no fault of the peer
-                breaker.release(permit)
-                self._note(endpoint.id, err.code.value)
-                raise
-            breaker.record(permit, Outcome.of(err.code), self._clock() - started)
-            self._note(endpoint.id, err.code.value)
+            response = await attempt(endpoint.breaker, permit, partial(endpoint.upstream.infer, request),
+                                     remaining_s=remaining, attempt_timeout_s=self.settings.attempt_timeout_s,
+                                     peer=endpoint.id, clock=self._clock)
+        except RetryElsewhere as retry:
+            self._note(endpoint.id, retry.error.code.value)
             raise
-        except asyncio.CancelledError:
-            breaker.release(permit)
+        except FoglineError as err:
+            self._note(endpoint.id, err.code.value)
             raise
         finally:
             endpoint.outstanding -= 1
-        breaker.record(permit, Outcome.SUCCESS, self._clock() - started)
         self._note(endpoint.id, "OK")
         return response
 
@@ -242,6 +272,32 @@ class RegionalDispatch(Generic[R]):
             raise FoglineError(f"region {echo_name(region)} is unknown; known regions: "
                                f"{echo_names(sorted(self.regions))}", code=ErrorCode.NOT_FOUND)
         return dispatcher
+
+
+    def knows(self, model: str) -> bool:
+        """Some region holds ``model``."""
+        return self.any.holds(model)
+
+    def holders(self, model: str) -> list[Upstream[bytes, R]]:
+        """The endpoints holding ``model`` in any region, least loaded first; NOT_FOUND naming what is served."""
+        holders = self.any.holders(model)
+        if not holders:
+            raise ModelNotFoundError(f"model {echo_name(model)} is not served in any region; "
+                                     f"available: {echo_names(self.pool.models())}")
+        return holders
+
+    async def infer(self, model: str, request: bytes, *, region: str | None = None, session: str | None = None,
+                    deadline: float | None = None) -> tuple[Dispatched[R], str]:
+        """Dispatch in ``region`` (any region when empty): the answer, and the region that served it."""
+        done = await self.dispatcher(region).infer(model, request, session=session, deadline=deadline)
+        endpoint = self.pool.endpoints.get(done.endpoint)
+        return done, endpoint.state.member.region if endpoint is not None else region or ""
+
+
+def takes_calls(endpoint: Endpoint[Any]) -> bool:
+    """The endpoint's circuit takes calls now: closed (the cheap check first), or half-open with a probe
+    slot free."""
+    return endpoint.breaker.closed or endpoint.breaker.accepting
 
 
 def _in_region(region: str) -> Callable[[Endpoint[Any]], bool]:

@@ -5,6 +5,9 @@ from the queue — the oldest request plus every queued request whose non-batch 
 match, up to ``max_batch_size`` rows — and runs it in the executor. Under light load a request
 runs at once; under load requests pile up while a batch runs and go together in the next one.
 ``max_queue_delay_us`` optionally holds a short batch back to wait for company.
+
+Time comes from the injected ``clock`` (seconds, monotonic) and the queue delay is waited out with
+the injected ``sleep``, so a test drives both with a fake clock and never sleeps for real.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -26,6 +29,8 @@ RunFn = Callable[[Tensors], Tensors]
 
 @dataclass(frozen=True, kw_only=True)
 class BatchingSettings:
+    """How one model's requests are batched: sizes, queue delay, queue bound, instances."""
+
     max_batch_size: int = 0
     """Most rows in one run; 0 means the model has no batch dimension and requests run one by one."""
     max_queue_delay_us: int = 0
@@ -54,6 +59,8 @@ class _Pending:
 
 @dataclass
 class BatchStats:
+    """Counters of what a batcher ran, for status."""
+
     batches: int = 0
     requests: int = 0
     rows: int = 0
@@ -67,6 +74,7 @@ class DynamicBatcher:
 
     def __init__(self, name: str, run: RunFn, settings: BatchingSettings, *,
                  executor: Executor | None = None, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  on_batch: Callable[[int, int, float], None] | None = None) -> None:
         self.name = name
         self.settings = settings
@@ -74,11 +82,12 @@ class DynamicBatcher:
         self._run = run
         self._executor = executor
         self._clock = clock
+        self._sleep = sleep
         self._on_batch = on_batch
         self._queue: collections.deque[_Pending] = collections.deque()
         self._running = 0
         self._running_requests = 0
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Task[None] | None = None  # waiting out the oldest request's queue delay
         self._flush = False  # the queue delay of the oldest request is over
         self._tasks: set[asyncio.Future[None]] = set()
         self._batch_time_s = 0.001  # moving average of wall time per batch: the retry hint
@@ -163,13 +172,14 @@ class DynamicBatcher:
             # Hold the batch back for company; put it back in front, in order.
             self._queue.extendleft(reversed(batch))
             if self._timer is None:
-                loop = asyncio.get_running_loop()
-                self._timer = loop.call_later(batch[0].enqueued + delay_s - now, self._on_timer)
+                self._timer = asyncio.ensure_future(self._hold(batch[0].enqueued + delay_s - now))
             return None
         self._flush = False
         return batch
 
-    def _on_timer(self) -> None:
+    async def _hold(self, delay_s: float) -> None:
+        """Wait out the queue delay, then run the held batch with whatever company it found."""
+        await self._sleep(delay_s)
         self._timer = None
         self._flush = True
         self._dispatch()

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,11 +37,7 @@ from typing import Any
 
 from fogline.core.serving.batching import BatchingSettings
 from fogline.core.tensors import DATATYPES, TensorSpec
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from fogline.core.toml import tomllib
 
 PLATFORM_FILES = {"onnxruntime": "model.onnx", "pytorch": "model.pt"}
 # Platforms whose model file carries no input/output signature: config.toml must declare it.
