@@ -11,6 +11,8 @@ status (``fogline.adapters.grpc.status`` for gRPC, ``fogline.adapters.http`` for
     ├── OverloadedError         RESOURCE_EXHAUSTED  queue full or payload too large; has a retry hint
     │   └── PayloadTooLargeError                    over a message limit: the caller's to fix, no peer's fault
     ├── DeadlineExceededError   DEADLINE_EXCEEDED   the caller's deadline passed
+    ├── UnauthenticatedError    UNAUTHENTICATED     no credential, or a wrong one (API key, join token)
+    ├── PermissionDeniedError   PERMISSION_DENIED   a good credential that may not do this
     └── InternalError           INTERNAL            a bug or a runtime failure
 
 :class:`PortInUseError` is not a request's error: a process could not listen where it was told to.
@@ -33,6 +35,8 @@ class ErrorCode(enum.Enum):
     UNAVAILABLE = "UNAVAILABLE"
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
     INTERNAL = "INTERNAL"
 
 
@@ -103,6 +107,20 @@ class DeadlineExceededError(FoglineError):
     code = ErrorCode.DEADLINE_EXCEEDED
 
 
+class UnauthenticatedError(FoglineError):
+    """No credential where one is required, or one that is not valid (a wrong API key, an unknown,
+    spent or expired join token)."""
+
+    code = ErrorCode.UNAUTHENTICATED
+
+
+class PermissionDeniedError(FoglineError):
+    """A valid credential that does not allow this: another member's id, a service the certificate
+    does not name, a model the API key may not use."""
+
+    code = ErrorCode.PERMISSION_DENIED
+
+
 class InternalError(FoglineError):
     """A bug or a runtime failure."""
 
@@ -112,7 +130,7 @@ class InternalError(FoglineError):
 _BY_CODE: dict[ErrorCode, type[FoglineError]] = {
     cls.code: cls
     for cls in (ModelNotFoundError, InvalidInputError, UnavailableError, OverloadedError,
-                DeadlineExceededError, InternalError)
+                DeadlineExceededError, UnauthenticatedError, PermissionDeniedError, InternalError)
 }
 
 

@@ -24,6 +24,8 @@ EXPECTED = {
     ErrorCode.UNAVAILABLE: (grpc.StatusCode.UNAVAILABLE, 503),
     ErrorCode.RESOURCE_EXHAUSTED: (grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
     ErrorCode.DEADLINE_EXCEEDED: (grpc.StatusCode.DEADLINE_EXCEEDED, 504),
+    ErrorCode.UNAUTHENTICATED: (grpc.StatusCode.UNAUTHENTICATED, 401),
+    ErrorCode.PERMISSION_DENIED: (grpc.StatusCode.PERMISSION_DENIED, 403),
     ErrorCode.INTERNAL: (grpc.StatusCode.INTERNAL, 500),
 }
 

@@ -22,6 +22,8 @@ TO_GRPC: dict[ErrorCode, grpc.StatusCode] = {
     ErrorCode.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     ErrorCode.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ErrorCode.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
+    ErrorCode.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    ErrorCode.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
     ErrorCode.INTERNAL: grpc.StatusCode.INTERNAL,
 }
 FROM_GRPC: dict[grpc.StatusCode, ErrorCode] = {v: k for k, v in TO_GRPC.items()}
@@ -34,8 +36,6 @@ FROM_GRPC.update({
     grpc.StatusCode.OUT_OF_RANGE: ErrorCode.INVALID_ARGUMENT,
     grpc.StatusCode.ABORTED: ErrorCode.UNAVAILABLE,
     grpc.StatusCode.DATA_LOSS: ErrorCode.INTERNAL,
-    grpc.StatusCode.PERMISSION_DENIED: ErrorCode.INVALID_ARGUMENT,
-    grpc.StatusCode.UNAUTHENTICATED: ErrorCode.INVALID_ARGUMENT,
     grpc.StatusCode.ALREADY_EXISTS: ErrorCode.INVALID_ARGUMENT,
 })
 

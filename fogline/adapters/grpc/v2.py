@@ -5,6 +5,9 @@ INVALID_ARGUMENT with a clear message (grpc's own deserializer would make them I
 edge master can forward the original bytes untouched. What differs between tiers is a
 :class:`V2Backend`: a device node decodes and runs (:class:`LocalBackend`); an edge master routes
 and forwards (``fogline.adapters.grpc.forward``).
+
+With :class:`~fogline.core.security.apikeys.ApiKeys`, calls that use a model need an API key
+(metadata ``authorization: Bearer <key>``) allowed that model; see :class:`V2Servicer`.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ from fogline.adapters.grpc import wire
 from fogline.adapters.grpc.codec import decode_request, encode_response, positive_parameter
 from fogline.adapters.grpc.status import TO_GRPC, as_fogline_error, status_details, trailing_metadata
 from fogline.adapters.metrics import UNKNOWN_MODEL, Metrics
+from fogline.adapters.tls.credentials import peer_identity
 from fogline.core.parameters import PARAM_CODE, PARAM_TIMEOUT_MS
+from fogline.core.security.apikeys import ApiKeys
 from fogline.core.serving.dataplane import LocalDataPlane
 from fogline.core.tensors import ModelSpec
 from fogline.errors import ErrorCode, FoglineError, InvalidInputError
@@ -139,6 +144,10 @@ def stream_error(request_id: str, err: FoglineError) -> bytes:
 
 
 Unary = Callable[["V2Servicer", bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
+Infer = Callable[[bytes, pb.ModelInferRequest, "float | None"], Awaitable[bytes]]
+"""What serves one parsed inference request of a stream: :meth:`V2Servicer.infer`, or it behind a key check."""
+
+AUTHORIZATION = "authorization"
 
 
 def _aborting(method: Unary) -> Unary:
@@ -157,20 +166,45 @@ def _aborting(method: Unary) -> Unary:
 
 class V2Servicer:
     """Serves ``backend`` as ``inference.GRPCInferenceService``: each method takes the request's bytes
-    (parsed here, see the module docstring) and answers bytes; every inference is counted in ``metrics``."""
+    (parsed here, see the module docstring) and answers bytes; every inference is counted in ``metrics``.
 
-    def __init__(self, backend: V2Backend, metrics: Metrics) -> None:
+    With ``api_keys``, ModelInfer, ModelMetadata and ModelReady need the metadata ``authorization:
+    Bearer <key>`` of a key allowed the model the request names (UNAUTHENTICATED without a valid key,
+    PERMISSION_DENIED for a model the key may not use). ModelStreamInfer checks the key when the call
+    opens, then each request's model: a model the key may not use fails that request only, as an error
+    reply on the stream. ServerLive, ServerReady and ServerMetadata stay open, like Triton's health
+    endpoints. A refused inference is counted in ``metrics`` under its model's label only if that model
+    is served (else ``_unknown``): callers without a key add no label values.
+
+    A call whose client certificate names a fleet member (an edge master forwarding to a device node, a
+    cloud master to a worker) needs no key: it forwards requests on behalf of callers the tier they
+    entered at has checked. NOTE: only the tier that faces callers holds their keys; members never
+    forward a caller's metadata. Without ``api_keys`` the handlers are those of an open server, with no
+    check of any kind on their path.
+    """
+
+    def __init__(self, backend: V2Backend, metrics: Metrics, *, api_keys: ApiKeys | None = None) -> None:
         self.backend = backend
         self.metrics = metrics
+        self.api_keys = api_keys
 
     def handler(self) -> grpc.GenericRpcHandler:
-        """The generic handler with one method handler per RPC."""
+        """The generic handler with one method handler per RPC (the key-checking ones with API keys)."""
         unary = {"ModelInfer": self.ModelInfer, "ServerLive": self.ServerLive, "ServerReady": self.ServerReady,
                  "ServerMetadata": self.ServerMetadata, "ModelReady": self.ModelReady,
                  "ModelMetadata": self.ModelMetadata}
+        stream = self.ModelStreamInfer
+        if self.api_keys is not None:
+            unary.update(ModelInfer=self._keyed_model_infer, ModelReady=self._keyed_model_ready,
+                         ModelMetadata=self._keyed_model_metadata)
+            stream = self._keyed_model_stream_infer
         handlers = {name: grpc.unary_unary_rpc_method_handler(fn) for name, fn in unary.items()}
-        handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(self.ModelStreamInfer)
+        handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(stream)
         return grpc.method_handlers_generic_handler(SERVICE, handlers)
+
+    def label(self, model: str) -> str:
+        """The metrics label of ``model``: its name if it is served, else ``_unknown`` (bounded cardinality)."""
+        return model if self.backend.known_model(model) else UNKNOWN_MODEL
 
     async def infer(self, data: bytes, request: pb.ModelInferRequest, deadline: float | None) -> bytes:
         """One inference, counted in the metrics whatever its outcome."""
@@ -193,7 +227,10 @@ class V2Servicer:
     async def ModelStreamInfer(self, requests: AsyncIterator[bytes],
                                context: grpc.aio.ServicerContext) -> None:
         """Serve every request of the stream concurrently; replies go out as they finish."""
-        stream = _Stream(self)
+        await self._serve_stream(_Stream(self.infer), requests, context)
+
+    async def _serve_stream(self, stream: _Stream, requests: AsyncIterator[bytes],
+                            context: grpc.aio.ServicerContext) -> None:
         reader = asyncio.create_task(stream.read_all(requests))
         try:
             while (reply := await stream.replies.get()) is not None:
@@ -223,13 +260,97 @@ class V2Servicer:
         msg = await self.backend.model_metadata(req.name, req.version)
         return msg.SerializeToString()
 
+    # --- With API keys ------------------------------------------------------------------------------
+
+    @_aborting
+    async def _keyed_model_infer(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        request = self._authorized(pb.ModelInferRequest, data, context, count=True)
+        return await self.infer(data, request, deadline_of(context))
+
+    @_aborting
+    async def _keyed_model_ready(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        req = self._authorized(pb.ModelReadyRequest, data, context, count=False)
+        ready = await self.backend.model_ready(req.name, req.version)
+        return pb.ModelReadyResponse(ready=ready).SerializeToString()
+
+    @_aborting
+    async def _keyed_model_metadata(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        req = self._authorized(pb.ModelMetadataRequest, data, context, count=False)
+        return (await self.backend.model_metadata(req.name, req.version)).SerializeToString()
+
+    async def _keyed_model_stream_infer(self, requests: AsyncIterator[bytes],
+                                        context: grpc.aio.ServicerContext) -> None:
+        try:
+            infer = self._stream_infer(context)
+        except Exception as exc:
+            await abort(context, exc)
+            raise  # unreachable: abort raises
+        await self._serve_stream(_Stream(infer), requests, context)
+
+    def _authorized(self, message_type: Any, data: bytes, context: grpc.aio.ServicerContext, *,
+                    count: bool) -> Any:
+        """``data`` parsed, once the caller may use the model it names; a refused ModelInfer is counted
+        (``count``). Bytes that do not parse are UNAUTHENTICATED for a caller without a valid key."""
+        member = _from_member(context)
+        try:
+            request = _parse(message_type, data)
+        except InvalidInputError:
+            if not member:
+                self._check_key(_authorization(context), None, count=count)
+            raise
+        if not member:
+            model = request.model_name if message_type is pb.ModelInferRequest else request.name
+            self._check_key(_authorization(context), model, count=count)
+        return request
+
+    def _check_key(self, authorization: str | None, model: str | None, *, count: bool) -> None:
+        """Raise unless the key in ``authorization`` may use ``model`` (None: is valid at all)."""
+        assert self.api_keys is not None
+        try:
+            if model is None:
+                self.api_keys.check_any(authorization)
+            else:
+                self.api_keys.check(authorization, model)
+        except FoglineError as exc:
+            if count:
+                self.metrics.observe(self.label(model or ""), exc.code.value, 0.0)
+            raise
+
+    def _stream_infer(self, context: grpc.aio.ServicerContext) -> Infer:
+        """What serves each request of a stream whose call opened with ``context``: the caller's key is
+        checked now, then against each request's model (re-read keys apply: a revoked key stops)."""
+        if _from_member(context):
+            return self.infer
+        authorization = _authorization(context)
+        self._check_key(authorization, None, count=True)
+
+        def infer(data: bytes, request: pb.ModelInferRequest, deadline: float | None) -> Awaitable[bytes]:
+            self._check_key(authorization, request.model_name, count=True)
+            return self.infer(data, request, deadline)
+
+        return infer
+
+
+def _authorization(context: grpc.aio.ServicerContext) -> str | None:
+    """The call's ``authorization`` metadata; None without one."""
+    for key, value in context.invocation_metadata() or ():
+        if key == AUTHORIZATION:
+            return value if isinstance(value, str) else None
+    return None
+
+
+def _from_member(context: grpc.aio.ServicerContext) -> bool:
+    """Whether the call's client certificate names a member of the fleet (see :class:`V2Servicer`)."""
+    identity = peer_identity(context)
+    return identity is not None and identity.is_member
+
 
 class _Stream:
     """One ModelStreamInfer call: its requests served concurrently, their replies queued as they finish
     (None last)."""
 
-    def __init__(self, servicer: V2Servicer) -> None:
-        self._servicer = servicer
+    def __init__(self, infer: Infer) -> None:
+        self._infer = infer
         self.replies: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._running: set[asyncio.Task[None]] = set()
 
@@ -238,7 +359,7 @@ class _Stream:
         try:
             request = _parse(pb.ModelInferRequest, data)
             request_id = request.id
-            body = await self._servicer.infer(data, request, stream_deadline(request))
+            body = await self._infer(data, request, stream_deadline(request))
         except Exception as exc:
             self.replies.put_nowait(stream_error(request_id, as_fogline_error(exc)))
         else:
@@ -259,6 +380,7 @@ class _Stream:
             task.cancel()
 
 
-def v2_handler(backend: V2Backend, metrics: Metrics) -> grpc.GenericRpcHandler:
-    """The generic handler that serves ``backend`` as ``inference.GRPCInferenceService``."""
-    return V2Servicer(backend, metrics).handler()
+def v2_handler(backend: V2Backend, metrics: Metrics, *, api_keys: ApiKeys | None = None) -> grpc.GenericRpcHandler:
+    """The generic handler that serves ``backend`` as ``inference.GRPCInferenceService``, checking API
+    keys when ``api_keys`` is given (see :class:`V2Servicer`)."""
+    return V2Servicer(backend, metrics, api_keys=api_keys).handler()

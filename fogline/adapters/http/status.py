@@ -9,11 +9,15 @@ A process may add GET routes of its own that answer JSON (the cloud master's ``/
 
 A connection has ``header_timeout_s`` to send the complete headers of a request, counted from when it
 opens and from the end of each response; one that takes longer is closed (slowloris).
+
+With ``tls`` the server speaks HTTPS only (``fogline.adapters.tls.http``). Status pages hold no secrets:
+callers normally pass ``ClientAuth.OPTIONAL`` (a client certificate is asked for, not required).
 """
 
 from __future__ import annotations
 
 import errno
+import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
@@ -21,6 +25,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from fogline.adapters.metrics import Metrics
+from fogline.adapters.tls.http import server_ssl_context
+from fogline.adapters.tls.material import ClientAuth, TlsMaterial
 from fogline.errors import ErrorCode, PortInUseError
 
 HTTP_STATUS = {
@@ -29,6 +35,8 @@ HTTP_STATUS = {
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.RESOURCE_EXHAUSTED: 429,
     ErrorCode.DEADLINE_EXCEEDED: 504,
+    ErrorCode.UNAUTHENTICATED: 401,
+    ErrorCode.PERMISSION_DENIED: 403,
     ErrorCode.INTERNAL: 500,
 }
 
@@ -38,6 +46,9 @@ DEFAULT_HEADER_TIMEOUT_S = 10.0
 
 JsonRoute = Callable[[], Awaitable[Any]]
 """Produces the JSON body of an extra GET route."""
+
+ServerTls = tuple[TlsMaterial, ClientAuth]
+"""The certificate a REST server serves, and whether it asks its clients for theirs."""
 
 
 class StatusSource(Protocol):
@@ -83,18 +94,28 @@ def _json_route(produce: JsonRoute) -> Callable[[web.Request], Awaitable[web.Res
 
 async def start_http(source: StatusSource, metrics: Metrics, host: str, port: int, *,
                      routes: Mapping[str, JsonRoute] | None = None, flag: str = "--http-port",
-                     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S) -> tuple[web.AppRunner, int]:
+                     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
+                     tls: ServerTls | None = None) -> tuple[web.AppRunner, int]:
     """Serve the status app (plus ``routes``) on host:port (0 = any free port); the runner and the bound
     port. A port that is taken raises :class:`PortInUseError` naming ``flag``. A connection that takes
-    longer than ``header_timeout_s`` to send a request's headers, or sits idle that long, is closed."""
+    longer than ``header_timeout_s`` to send a request's headers, or sits idle that long, is closed.
+    With ``tls`` (material, client auth) it serves HTTPS, with the material's current certificate."""
+    ssl_context = None if tls is None else server_ssl_context(*tls)
+    return await serve_app(create_app(source, metrics, routes), host, port, flag=flag,
+                           header_timeout_s=header_timeout_s, ssl_context=ssl_context)
+
+
+async def serve_app(app: web.Application, host: str, port: int, *, flag: str, header_timeout_s: float,
+                    ssl_context: ssl.SSLContext | None = None) -> tuple[web.AppRunner, int]:
+    """Serve ``app`` on host:port as :func:`start_http` does (header timeout, SO_REUSEADDR,
+    :class:`PortInUseError` naming ``flag``), over TLS with ``ssl_context``; the runner and the bound port."""
     # NOTE: aiohttp (>= 3.14) arms its keep-alive timer when a connection opens and after each response,
     # so a connection idle, or half-way through a request's headers, that long is closed (slowloris).
-    runner = web.AppRunner(create_app(source, metrics, routes), access_log=None,
-                           keepalive_timeout=header_timeout_s)
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=header_timeout_s)
     await runner.setup()
     # NOTE: SO_REUSEADDR, as every server has it: a restart binds at once over the TIME-WAIT sockets
     # its last run left, and a second live listener is still refused (no SO_REUSEPORT).
-    site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=False)
+    site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=False, ssl_context=ssl_context)
     try:
         await site.start()
     except OSError as err:

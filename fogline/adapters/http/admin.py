@@ -1,0 +1,215 @@
+"""The admin REST server: operations that change the fleet, on a port of their own, for admins only.
+
+A request is admitted with either credential:
+
+- ``Authorization: Bearer <token>``, the token being the content of ``--admin-token-file`` (re-read
+  when the file changes);
+- over HTTPS, a client certificate the fleet CA signed whose identity is an admin's
+  (``spiffe://fogline/admin/<id>``).
+
+Without a credential the answer is 401 (``WWW-Authenticate: Bearer``), with a wrong token 401, with a
+fleet certificate that is not an admin's 403. A server configured with neither a token file nor TLS
+refuses every request (403): the admin API is off until an operator sets up a credential.
+
+Routes answer JSON; errors are ``{"error": message, "code": CODE}`` with the code's HTTP status. Neither
+the token nor the ``Authorization`` header is ever logged.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from fogline.adapters.http.status import DEFAULT_HEADER_TIMEOUT_S, HTTP_STATUS, serve_app
+from fogline.adapters.tls.http import peer_identity_of, server_ssl_context
+from fogline.adapters.tls.material import ClientAuth, TlsMaterial
+from fogline.errors import (
+    FoglineError,
+    InvalidInputError,
+    OverloadedError,
+    PermissionDeniedError,
+    UnauthenticatedError,
+)
+
+log = logging.getLogger(__name__)
+
+AdminRoute = Callable[[web.Request], Awaitable[Any]]
+"""Serves one admin request; returns the JSON-able body of the answer (or a ready response), or raises
+a FoglineError."""
+
+ADMIN_SERVICE = "admin"
+MAX_BODY_BYTES = 1024 * 1024
+DISABLED = "admin API disabled: start with --admin-token-file or TLS"
+MISSING = ("missing admin credential: send 'Authorization: Bearer <token>' (the content of the admin token "
+           "file) or connect with an admin client certificate")
+WRONG_TOKEN = "admin token not valid"
+NO_TOKENS = "this server takes no admin tokens (no --admin-token-file): connect with an admin client certificate"
+INTERNAL = "internal error serving an admin request; see the server's log"
+
+
+class _TokenFile:
+    """The admin token in a file, re-read when the file's mtime or size changes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._stamp: tuple[int, int] | None = None
+        self._token: bytes | None = None
+        self.read()
+        if self._token is None:
+            raise ValueError(f"admin token file {self.path} is missing, unreadable or empty; "
+                             "write a long random token into it")
+
+    def read(self) -> bytes | None:
+        """The current token; None (refuse every token) while the file is missing, unreadable or empty."""
+        try:
+            st = os.stat(self.path)
+        except OSError as exc:
+            self._forget(f"cannot be read ({exc.strerror or exc})")
+            return None
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp != self._stamp:
+            self._stamp = stamp
+            self._token = self._load(st.st_mode)
+        return self._token
+
+    def _load(self, mode: int) -> bytes | None:
+        try:
+            token = self.path.read_bytes().strip()
+        except OSError as exc:
+            log.error("admin token file %s cannot be read (%s); refusing admin tokens", self.path,
+                      exc.strerror or exc)
+            return None
+        if not token:
+            log.error("admin token file %s is empty; refusing admin tokens", self.path)
+            return None
+        if mode & 0o077:
+            log.warning("admin token file %s is readable by other users; chmod 600 it", self.path)
+        return token
+
+    def _forget(self, why: str) -> None:
+        if self._stamp is not None:  # NOTE: said once, not on every request while the file is gone
+            log.error("admin token file %s %s; refusing admin tokens", self.path, why)
+        self._stamp, self._token = None, None
+
+
+class AdminAuth:
+    """Who may use the admin API: holders of the token in ``token_file``, and (with ``material``, over
+    HTTPS) clients whose certificate names an admin. Neither configured: nobody."""
+
+    def __init__(self, token_file: Path | None, material: TlsMaterial | None) -> None:
+        self._tokens = None if token_file is None else _TokenFile(token_file)
+        self._tls = material is not None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any credential can be admitted."""
+        return self._tokens is not None or self._tls
+
+    def admit(self, request: web.Request) -> str:
+        """Who ``request`` comes from (for the log: ``token`` or the certificate's identity); raises
+        UnauthenticatedError or PermissionDeniedError otherwise."""
+        if not self.enabled:
+            raise PermissionDeniedError(DISABLED)
+        identity = peer_identity_of(request) if self._tls else None
+        if identity is not None and identity.service == ADMIN_SERVICE:
+            return identity.uri
+        presented = _bearer(request.headers.get("Authorization"))
+        if presented is not None:
+            return self._check_token(presented)
+        if identity is not None:
+            raise PermissionDeniedError(f"certificate {identity.uri} is not an admin's: the admin API takes "
+                                        f"spiffe://fogline/{ADMIN_SERVICE}/<id> certificates or the admin token")
+        raise UnauthenticatedError(MISSING)
+
+    def _check_token(self, presented: bytes) -> str:
+        if self._tokens is None:
+            raise UnauthenticatedError(NO_TOKENS)
+        token = self._tokens.read()
+        if token is None or not hmac.compare_digest(presented, token):
+            raise UnauthenticatedError(WRONG_TOKEN)
+        return "token"
+
+
+def _bearer(header: str | None) -> bytes | None:
+    """The token of an ``Authorization: Bearer <token>`` header; None without one."""
+    scheme, _, token = (header or "").strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return None
+    return token.encode("utf-8", "surrogateescape")
+
+
+def error_response(err: FoglineError) -> web.Response:
+    """``err`` as an admin answer: its HTTP status, ``{"error", "code"}``, and the headers its kind needs."""
+    headers = {}
+    if isinstance(err, UnauthenticatedError):
+        headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(err, OverloadedError) and err.retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, round(err.retry_after_s)))
+    return web.json_response({"error": err.message, "code": err.code.value}, status=HTTP_STATUS[err.code],
+                             headers=headers)
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request's JSON body; InvalidInputError (400) if it is not JSON."""
+    try:
+        return json.loads(await request.read())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInputError(f"the request body is not JSON: {exc}") from None
+
+
+def _guard(auth: AdminAuth) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """The middleware that admits each request (before any route, even an unknown one) and turns
+    errors into answers."""
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                    ) -> web.StreamResponse:
+        try:
+            who = auth.admit(request)
+            log.info("admin %s %s by %s", request.method, request.path, who)
+            return await handler(request)
+        except FoglineError as err:
+            return error_response(err)
+        except web.HTTPException:
+            raise  # aiohttp's own answers: 404, 405, 413
+        except Exception:
+            log.exception("admin %s %s failed", request.method, request.path)
+            return web.json_response({"error": INTERNAL, "code": "INTERNAL"}, status=500)
+
+    return guard
+
+
+def _json_handler(route: AdminRoute) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        body = await route(request)
+        return body if isinstance(body, web.StreamResponse) else web.json_response(body)
+    return handle
+
+
+def create_admin_app(routes: Mapping[tuple[str, str], AdminRoute], auth: AdminAuth) -> web.Application:
+    """The admin app: ``routes`` by (method, aiohttp path), behind ``auth``, bodies up to 1 MiB."""
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_guard(auth)])
+    for (method, path), route in routes.items():
+        app.router.add_route(method, path, _json_handler(route))
+    return app
+
+
+async def start_admin(routes: Mapping[tuple[str, str], AdminRoute], *, host: str, port: int, auth: AdminAuth,
+                      tls: TlsMaterial | None, flag: str = "--admin-port",
+                      header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S) -> tuple[web.AppRunner, int]:
+    """Serve ``routes`` on host:port (0 = any free port), HTTPS asking for client certificates when
+    ``tls`` is given; the runner and the bound port. A taken port is :class:`PortInUseError` naming ``flag``."""
+    if not auth.enabled:
+        log.warning("admin API on %s:%s refuses every request: %s", host, port, DISABLED)
+    ssl_context = None if tls is None else server_ssl_context(tls, ClientAuth.OPTIONAL)
+    return await serve_app(create_admin_app(routes, auth), host, port, flag=flag,
+                           header_timeout_s=header_timeout_s, ssl_context=ssl_context)
+
