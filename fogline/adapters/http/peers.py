@@ -1,32 +1,83 @@
-"""Reading the REST status of peers (the cloud master asks its edge masters for their devices)."""
+"""Reading the REST status of peers (the cloud master asks its edge masters for their devices).
+
+A status is read from the address a member registered, so whatever answers there is a stranger
+until proven otherwise: the body is read up to ``max_body_bytes`` (an endless body costs nothing
+more), and with ``ssl`` the read is HTTPS, verifying that the server is the member named in
+``server_names``. What the caller keeps of a status it still checks (``fogline.core.control.peer_status``).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from ssl import SSLContext
 from typing import Any
 
 import aiohttp
 
+from fogline.errors import truncate
+
 log = logging.getLogger(__name__)
 
+STATUS_MAX_BYTES = 1024 * 1024
+"""The largest status body read from a peer."""
+_ERROR_MAX_CHARS = 200  # a peer's words in our log: bounded
 
-async def fetch_statuses(addresses: Sequence[str], timeout_s: float = 1.0) -> dict[str, dict[str, Any] | None]:
+
+class _BadStatus(ValueError):
+    """A reply that is not a status: too large or not JSON."""
+
+
+async def fetch_statuses(addresses: Sequence[str], timeout_s: float = 1.0, *, ssl: SSLContext | None = None,
+                         server_names: Mapping[str, str] | None = None,
+                         max_body_bytes: int = STATUS_MAX_BYTES) -> dict[str, dict[str, Any] | None]:
     """``GET http://<address>/v1/status`` of each address concurrently; None for one that did not
-    answer with JSON within ``timeout_s`` (a slow or dead peer never holds up the others)."""
+    answer with a JSON object of at most ``max_body_bytes`` within ``timeout_s`` (a slow or dead peer
+    never holds up the others).
+
+    With ``ssl`` the reads are HTTPS with that context; ``server_names`` maps an address to the
+    name its server's certificate must carry (the member's identity), instead of the address's host.
+    """
     timeout = aiohttp.ClientTimeout(total=timeout_s)
+    names = server_names or {}
+    unique = list(dict.fromkeys(addresses))
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        replies = await asyncio.gather(*(_status(session, a) for a in addresses))
-    return dict(zip(addresses, replies, strict=True))
+        replies = await asyncio.gather(*(_status(session, a, ssl, names.get(a), max_body_bytes) for a in unique))
+    by_address = dict(zip(unique, replies, strict=True))
+    return {a: by_address[a] for a in addresses}
 
 
-async def _status(session: aiohttp.ClientSession, address: str) -> dict[str, Any] | None:
+async def _status(session: aiohttp.ClientSession, address: str, ssl: SSLContext | None, server_name: str | None,
+                  max_body_bytes: int) -> dict[str, Any] | None:
+    scheme = "http" if ssl is None else "https"
+    tls: dict[str, Any] = {} if ssl is None else {"ssl": ssl, "server_hostname": server_name}
     try:
-        async with session.get(f"http://{address}/v1/status") as reply:
+        async with session.get(f"{scheme}://{address}/v1/status", **tls) as reply:
             reply.raise_for_status()
-            body = await reply.json()
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
-        log.warning("status of %s unavailable: %s", address, exc or type(exc).__name__)
+            body = _json(reply.content_type, await _read(reply, max_body_bytes))
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, RecursionError) as exc:
+        log.warning("status of %s unavailable: %s", address,
+                    truncate(str(exc), _ERROR_MAX_CHARS) or type(exc).__name__)
         return None
     return body if isinstance(body, dict) else None
+
+
+async def _read(reply: aiohttp.ClientResponse, max_body_bytes: int) -> bytes:
+    """The body, or _BadStatus as soon as it is longer than ``max_body_bytes``."""
+    if reply.content_length is not None and reply.content_length > max_body_bytes:
+        raise _BadStatus(f"a status body of {reply.content_length} bytes; at most {max_body_bytes} are read")
+    body = bytearray()
+    while chunk := await reply.content.read(max_body_bytes + 1 - len(body)):
+        body += chunk
+        if len(body) > max_body_bytes:
+            raise _BadStatus(f"a status body over {max_body_bytes} bytes")
+    return bytes(body)
+
+
+def _json(content_type: str, body: bytes) -> Any:
+    """The decoded body; _BadStatus unless it is JSON (RecursionError for one nested too deep)."""
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise _BadStatus(f"a status of content type {content_type[:80]!r}, not application/json")
+    return json.loads(body)
