@@ -8,22 +8,27 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fogline.adapters.consul.discovery import ConsulFollower, LiveConfig
-from fogline.adapters.grpc.control import ControlServicer
 from fogline.adapters.grpc.forward import RegionalBackend
 from fogline.adapters.grpc.upstream import GrpcUpstream, StreamUpstream
 from fogline.adapters.http.peers import fetch_statuses
+from fogline.adapters.tls.http import client_ssl_context
+from fogline.core.control.limits import ControlLimits
 from fogline.core.control.membership import MembershipLoop
+from fogline.core.control.peer_status import edge_devices
 from fogline.core.control.registry import Load, Member, MemberState
 from fogline.core.control.topology import TopologyPublisher
 from fogline.core.escalation.catalog import Catalog, describe, load_catalog
 from fogline.core.routing.dispatch import RegionalDispatch
+from fogline.core.security.identity import Identity
 from fogline.servers.master import Master, MasterSettings
 from fogline.servers.membership import join, leave_and_stop
+from fogline.servers.security import member_identity
 
 log = logging.getLogger(__name__)
 
@@ -66,20 +71,28 @@ class CloudMaster(Master):
         self.consul: ConsulFollower | None = None
         self.membership: MembershipLoop | None = None
         self.live = LiveConfig()
+        self._status_context: ssl.SSLContext | None = None
+
+    def identity(self) -> Identity:
+        """``spiffe://fogline/cloud/<id>``."""
+        return Identity(service="cloud", id=self.settings.cloud_id)
 
     def _connect(self, state: MemberState) -> GrpcUpstream:
         return StreamUpstream(state.member.address, max_message_bytes=self.settings.max_message_bytes,
-                              name=state.member.id)
+                              name=state.member.id, **self.upstream_tls(state))
 
     async def start(self) -> dict[str, Any]:
         """Serve, then join and follow Consul when configured; the endpoints."""
         s = self.settings
+        await self._secure()
         backend = RegionalBackend(self.routing, name="fogline-cloud", ready=lambda: bool(self.pool.endpoints))
-        control = ControlServicer(self.registry, topology=self.publisher)
-        addresses = await self._serve(backend, control, routes={"/v1/topology": self.topology})
+        addresses = await self._serve(backend, topology=self.publisher, routes={"/v1/topology": self.topology})
         self.endpoints = {"id": s.cloud_id, **addresses}
+        if self.security is not None:
+            self.security.start(renew_with=self.self_renewer())
         if s.consul is not None:
-            self.membership = join(s.consul.control_plane(), self._member, Load)
+            consul_control = s.consul.control_plane(grpc_use_tls=self.security is not None)
+            self.membership = join(consul_control, self._member, Load)
             self.consul = ConsulFollower(s.consul, self.registry, mirror={"edge": None, "worker": None},
                                          on_kv=self._apply_kv)
             await self.consul.start()
@@ -105,7 +118,7 @@ class CloudMaster(Master):
         m = state.member
         endpoint = self.pool.endpoints.get(m.id)
         return {"id": m.id, "region": m.region, "address": m.address, "http": m.http_address,
-                "models": sorted(m.models), "capacity": m.capacity,
+                "models": sorted(m.models), "capacity": m.capacity, "checked": state.checked,
                 "load": {"in_flight": state.load.in_flight, "queue_depth": state.load.queue_depth,
                          "outstanding": endpoint.outstanding if endpoint else 0},
                 "breaker": endpoint.breaker.snapshot() if endpoint else None}
@@ -114,8 +127,8 @@ class CloudMaster(Master):
         """The cloud master's ``/v1/status``."""
         return {"tier": "cloud", **self.endpoints, "ready": self.readiness()[0],
                 "regions": sorted(self.routing.regions), "models": self.pool.models(),
-                "edges": [self._describe(s) for s in self.registry.members("edge")],
-                "workers": [self._describe(s) for s in self.registry.members("worker")],
+                "edges": [self._describe(s) for s in self.registry.members("edge", include_unchecked=True)],
+                "workers": [self._describe(s) for s in self.registry.members("worker", include_unchecked=True)],
                 "topology_version": self.publisher.version, "dispatch": self.routing.any.snapshot(),
                 "catalog": [describe(e) for e in self.publisher.catalog.entries.values()],
                 "discovery": {**self.consul.status(), "live_config_error": self.live.error} if self.consul
@@ -124,21 +137,33 @@ class CloudMaster(Master):
     async def topology(self) -> dict[str, Any]:
         """Regions → edge masters → their device nodes (each edge's own status), and the GPU workers.
 
-        ``healthy``: the member answered its status within the timeout and says it is ready.
+        Only members the registry routes to are read (``members()``: once checks are required, those
+        whose address passed a health check). What an edge's status says of its devices is copied only
+        as far as :func:`~fogline.core.control.peer_status.edge_devices` checks it: known fields, of
+        their types, within the registry's limits. With TLS each status is read over HTTPS from a server
+        that proves to be the member that registered the address. ``healthy``: the member answered its
+        status within the timeout and says it is ready; an edge whose status is malformed is unhealthy
+        with no devices.
         """
         edges = self.registry.members("edge")
         workers = self.registry.members("worker")
-        statuses = await fetch_statuses([s.member.http_address for s in edges + workers if s.member.http_address],
-                                        self.settings.peer_status_timeout_s)
+        addresses, tls = _status_reads([s.member for s in edges + workers if s.member.http_address],
+                                       self._status_ssl())
+        statuses = await fetch_statuses(addresses, self.settings.peer_status_timeout_s, **tls)
         regions: dict[str, dict[str, list[dict[str, Any]]]] = {}
         for state in edges:
-            status = statuses.get(state.member.http_address)
-            entry = {**self._describe(state), "healthy": _healthy(status),
-                     "devices": status.get("devices", []) if status else []}
+            entry = {**self._describe(state), **_edge_report(statuses.get(state.member.http_address),
+                                                             self.registry.limits)}
             regions.setdefault(state.member.region, {"edges": []})["edges"].append(entry)
         return {"cloud": self.endpoints.get("id"), "regions": regions,
                 "workers": [{**self._describe(s), "healthy": _healthy(statuses.get(s.member.http_address))}
                             for s in workers]}
+
+    def _status_ssl(self) -> ssl.SSLContext | None:
+        """The client TLS with which the members' status is read (one context: it follows the certificate)."""
+        if self.material is not None and self._status_context is None:
+            self._status_context = client_ssl_context(self.material)
+        return self._status_context
 
     async def drain(self) -> None:
         """Stop following Consul, leave it, then stop serving."""
@@ -148,4 +173,27 @@ class CloudMaster(Master):
 
 
 def _healthy(status: dict[str, Any] | None) -> bool:
-    return bool(status and status.get("ready"))
+    """The member answered its status and says it is ready (``true`` itself: nothing merely truthy)."""
+    return status is not None and status.get("ready") is True
+
+
+def _status_reads(members: list[Member], context: ssl.SSLContext | None) -> tuple[list[str], dict[str, Any]]:
+    """The REST addresses to read, and ``fetch_statuses``' TLS arguments: with ``context`` (TLS) each
+    server must prove to be the member that registered the address; an address no certificate can
+    name, or one that members of different identities claim, is not read (so shows unhealthy)."""
+    if context is None:
+        return [m.http_address for m in members], {}
+    names: dict[str, set[str]] = {}
+    for m in members:
+        identity = member_identity(m.service, m.id, m.region)
+        names.setdefault(m.http_address, set()).add(identity.dns_name if identity else "")
+    verified = {address: next(iter(n)) for address, n in names.items() if len(n) == 1 and "" not in n}
+    return list(verified), {"ssl": context, "server_names": verified}
+
+
+def _edge_report(status: dict[str, Any] | None, limits: ControlLimits) -> dict[str, Any]:
+    """An edge's ``healthy`` and ``devices`` for /v1/topology, from its status as far as it checks."""
+    devices = edge_devices(status, limits) if status is not None else None
+    if devices is None:
+        return {"healthy": False, "devices": []}
+    return {"healthy": _healthy(status), "devices": devices}

@@ -14,10 +14,12 @@ from typing import Any
 
 from fogline.adapters.consul.discovery import ConsulFollower, LiveConfig
 from fogline.adapters.grpc.codec import V2Messages
-from fogline.adapters.grpc.control import ControlServicer, GrpcControlClient
+from fogline.adapters.grpc.control import GrpcControlClient
 from fogline.adapters.grpc.forward import EdgeBackend
 from fogline.adapters.grpc.upstream import GrpcUpstream, StreamUpstream
 from fogline.adapters.metrics import GaugeSample
+from fogline.adapters.tls.enrolment import ForwardingEnroller
+from fogline.core.control.limits import ControlLimits
 from fogline.core.control.membership import MembershipLoop
 from fogline.core.control.registry import Load, Member, MemberState
 from fogline.core.control.topology import TopologyFollower, TopologySnapshot, worker_states
@@ -26,6 +28,7 @@ from fogline.core.escalation.router import EdgeRouter, EdgeRoutingSettings
 from fogline.core.routing.breaker import CircuitBreaker
 from fogline.core.routing.dispatch import Dispatcher
 from fogline.core.routing.pool import EndpointPool
+from fogline.core.security.identity import Identity, group_dns_name
 from fogline.servers.master import Master, MasterSettings
 from fogline.servers.membership import join, leave_and_stop
 
@@ -83,9 +86,16 @@ class EdgeMaster(Master):
              {"pool": pool}, float(d.budget.rejected_total))
             for pool, d in (("devices", self.dispatcher), ("workers", self.router.cloud))])
 
+    parent_server_name = group_dns_name("cloud")
+
+    def identity(self) -> Identity:
+        """``spiffe://fogline/edge/<region>/<id>``."""
+        return Identity(service="edge", id=self.settings.edge_id, region=self.settings.region)
+
     def _connect(self, state: MemberState) -> GrpcUpstream:
         kind = StreamUpstream if self.settings.upstream_streams else GrpcUpstream
-        return kind(state.member.address, max_message_bytes=self.settings.max_message_bytes, name=state.member.id)
+        return kind(state.member.address, max_message_bytes=self.settings.max_message_bytes, name=state.member.id,
+                    **self.upstream_tls(state))
 
     def _apply_topology(self, snapshot: TopologySnapshot) -> None:
         self.router.catalog = snapshot.catalog
@@ -131,17 +141,22 @@ class EdgeMaster(Master):
     async def start(self) -> dict[str, Any]:
         """Serve, then join the cloud master (or Consul) and follow it; the endpoints."""
         s = self.settings
+        await self._secure()
         backend = EdgeBackend(self.router, name="fogline-edge", ready=lambda: bool(self.pool.endpoints),
                               metrics=self.metrics)
-        addresses = await self._serve(backend, ControlServicer(self.registry))
+        client = (GrpcControlClient(s.cloud, material=self.material, server_name=self.parent_server_name)
+                  if s.cloud and s.consul is None else None)
+        addresses = await self._serve(backend, forward_enrolment=ForwardingEnroller(client) if client else None)
         self.endpoints = {"id": s.edge_id, "region": s.region, **addresses}
+        if self.security is not None:
+            self.security.start(renew_with=client)
         if s.consul is not None:
-            self.membership = join(s.consul.control_plane(), self._member, self._load)
+            consul_control = s.consul.control_plane(grpc_use_tls=self.security is not None)
+            self.membership = join(consul_control, self._member, self._load)
             self.consul = ConsulFollower(s.consul, self.registry, mirror={"device": s.region},
                                          follow={"worker": self._apply_consul_workers}, on_kv=self._apply_kv)
             await self.consul.start()
-        elif s.cloud:
-            client = GrpcControlClient(s.cloud)
+        elif client is not None:
             self.membership = join(client, self._member, self._load)
             self.topology = TopologyFollower(client, self._apply_topology, watcher_id=s.edge_id, region=s.region)
             self.topology.start()
@@ -149,11 +164,30 @@ class EdgeMaster(Master):
 
     def _member(self) -> Member:
         """This edge as the cloud master sees it; heartbeats carry its models as devices come and go:
-        every name it serves, catalog names and what it reaches on GPU workers included."""
+        every name it serves, catalog names and what it reaches on GPU workers included, within bounds.
+
+        NOTE: the list is bounded so that every Register and Heartbeat fits the control plane's 1 MiB
+        message limit and passes the cloud master's ``ControlLimits`` (whatever the devices register):
+        names longer than ``max_name_length`` (or unprintable) are left out, then the first
+        ``max_models_per_member`` in sorted order are kept, and a WARNING says once how many were left
+        out. The cloud master does not know that this edge serves a name left out: it routes requests
+        for it only to other edges that list it, else answers NOT_FOUND, even for a request naming this
+        edge's region. Clients connected to this edge directly are still served every name. The
+        capacity reported is capped at the control plane's int32.
+        """
+        limits = ControlLimits()
+        served = set(self.router.models())
+        reported = sorted(n for n in served if limits.name_fits(n))[: limits.max_models_per_member]
+        if len(reported) < len(served) and not getattr(self, "_report_cut_logged", False):
+            self._report_cut_logged = True
+            log.warning("this edge serves %d model names; the cloud master is told of %d (at most %d names of "
+                        "at most %d characters): %d are left out and cannot be reached through the cloud master",
+                        len(served), len(reported), limits.max_models_per_member, limits.max_name_length,
+                        len(served) - len(reported))
+        capacity = sum(e.state.member.capacity for e in self.pool.endpoints.values())
         return Member(id=self.settings.edge_id, service="edge", address=self.endpoints["grpc"],
-                      region=self.settings.region, models=frozenset(self.router.models()),
-                      capacity=sum(e.state.member.capacity for e in self.pool.endpoints.values()),
-                      http_address=self.endpoints["http"])
+                      region=self.settings.region, models=frozenset(reported),
+                      capacity=min(max(capacity, 0), 2**31 - 1), http_address=self.endpoints["http"])
 
     def _load(self) -> Load:
         endpoints = self.pool.endpoints.values()
@@ -169,11 +203,12 @@ class EdgeMaster(Master):
     def status(self) -> dict[str, Any]:
         """The edge master's ``/v1/status``."""
         devices = []
-        for state in self.registry.members("device"):
+        for state in self.registry.members("device", include_unchecked=True):
             m = state.member
             endpoint = self.pool.endpoints.get(m.id)
             devices.append({
                 "id": m.id, "address": m.address, "http": m.http_address, "models": sorted(m.models),
+                "checked": state.checked,  # its health check passed: it may take traffic
                 "capacity": m.capacity,
                 "load": {"in_flight": state.load.in_flight, "queue_depth": state.load.queue_depth},
                 "outstanding": endpoint.outstanding if endpoint else 0,

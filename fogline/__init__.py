@@ -12,19 +12,33 @@ from fogline.errors import (
     InvalidInputError,
     ModelNotFoundError,
     OverloadedError,
+    PermissionDeniedError,
+    UnauthenticatedError,
     UnavailableError,
 )
 
 __all__ = [
-    "Client", "DeadlineExceededError", "ErrorCode", "FoglineError", "InferResult", "InternalError",
-    "InvalidInputError", "ModelNotFoundError", "OverloadedError", "SyncClient", "UnavailableError",
+    "TLS",
+    "Client",
+    "DeadlineExceededError",
+    "ErrorCode",
+    "FoglineError",
+    "InferResult",
+    "InternalError",
+    "InvalidInputError",
+    "ModelNotFoundError",
+    "OverloadedError",
+    "PermissionDeniedError",
+    "SyncClient",
+    "UnauthenticatedError",
+    "UnavailableError",
     "__version__",
 ]
 
 
 def __getattr__(name: str) -> object:
     # NOTE: the SDK pulls in grpc; importing the core (fogline.core.serving.batching, ...) must not.
-    if name in ("Client", "SyncClient", "InferResult"):
+    if name in ("Client", "SyncClient", "InferResult", "TLS"):
         from fogline.sdk import client
 
         return getattr(client, name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -48,8 +49,15 @@ class ProcessGroup:
             proc.process.wait(10)
 
 
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as reply:
+def get_json(url: str, *, tls: dict[str, str] | None = None) -> Any:
+    """GET ``url`` as JSON; with ``tls`` (a state file's ``tls``: ca, client_cert, client_key) over
+    HTTPS with that CA and client certificate."""
+    context = None
+    if tls:
+        url = url.replace("http://", "https://", 1)
+        context = ssl.create_default_context(cafile=tls["ca"])
+        context.load_cert_chain(tls["client_cert"], tls["client_key"])
+    with urllib.request.urlopen(url, timeout=5, context=context) as reply:
         return json.load(reply)
 
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rcontrol.proto\x12\x12\x66ogline.control.v1\"\xdf\x01\n\x06Member\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0e\n\x06region\x18\x04 \x01(\t\x12\x0e\n\x06models\x18\x05 \x03(\t\x12\x10\n\x08\x63\x61pacity\x18\x06 \x01(\x05\x12\x14\n\x0chttp_address\x18\x07 \x01(\t\x12\x32\n\x04meta\x18\x08 \x03(\x0b\x32$.fogline.control.v1.Member.MetaEntry\x1a+\n\tMetaEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\".\n\x04Load\x12\x11\n\tin_flight\x18\x01 \x01(\x05\x12\x13\n\x0bqueue_depth\x18\x02 \x01(\x05\"=\n\x0fRegisterRequest\x12*\n\x06member\x18\x01 \x01(\x0b\x32\x1a.fogline.control.v1.Member\"A\n\x10RegisterResponse\x12\x1d\n\x15heartbeat_interval_ms\x18\x01 \x01(\x03\x12\x0e\n\x06ttl_ms\x18\x02 \x01(\x03\"V\n\x10HeartbeatRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12&\n\x04load\x18\x02 \x01(\x0b\x32\x18.fogline.control.v1.Load\x12\x0e\n\x06models\x18\x03 \x03(\t\"\"\n\x11HeartbeatResponse\x12\r\n\x05known\x18\x01 \x01(\x08\"\x1f\n\x11\x44\x65registerRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x14\n\x12\x44\x65registerResponse\":\n\x14WatchTopologyRequest\x12\x12\n\nwatcher_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\"a\n\x0bWorkerState\x12*\n\x06member\x18\x01 \x01(\x0b\x32\x1a.fogline.control.v1.Member\x12&\n\x04load\x18\x02 \x01(\x0b\x32\x18.fogline.control.v1.Load\"\x98\x01\n\x0cHardnessRule\x12\x1b\n\x0emax_prob_below\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x1a\n\rentropy_above\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x19\n\x0cmargin_below\x18\x03 \x01(\x01H\x02\x88\x01\x01\x42\x11\n\x0f_max_prob_belowB\x10\n\x0e_entropy_aboveB\x0f\n\r_margin_below\"\x9a\x01\n\x0c\x43\x61talogEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tplacement\x18\x02 \x01(\t\x12\x14\n\x0c\x64\x65vice_model\x18\x03 \x01(\t\x12\x13\n\x0b\x63loud_model\x18\x04 \x01(\t\x12.\n\x04rule\x18\x05 \x01(\x0b\x32 .fogline.control.v1.HardnessRule\x12\x0e\n\x06output\x18\x06 \x01(\t\"\x94\x01\n\x08Topology\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x30\n\x07workers\x18\x02 \x03(\x0b\x32\x1f.fogline.control.v1.WorkerState\x12\x31\n\x07\x63\x61talog\x18\x03 \x03(\x0b\x32 .fogline.control.v1.CatalogEntry\x12\x12\n\nrefresh_ms\x18\x04 \x01(\x03\x32\xfa\x02\n\x07\x43ontrol\x12W\n\x08Register\x12#.fogline.control.v1.RegisterRequest\x1a$.fogline.control.v1.RegisterResponse\"\x00\x12Z\n\tHeartbeat\x12$.fogline.control.v1.HeartbeatRequest\x1a%.fogline.control.v1.HeartbeatResponse\"\x00\x12]\n\nDeregister\x12%.fogline.control.v1.DeregisterRequest\x1a&.fogline.control.v1.DeregisterResponse\"\x00\x12[\n\rWatchTopology\x12(.fogline.control.v1.WatchTopologyRequest\x1a\x1c.fogline.control.v1.Topology\"\x00\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rcontrol.proto\x12\x12\x66ogline.control.v1\"W\n\x0c\x45nrolRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\n\n\x02id\x18\x03 \x01(\t\x12\x0e\n\x06region\x18\x04 \x01(\t\x12\x0b\n\x03\x63sr\x18\x05 \x01(\x0c\"1\n\x0cRenewRequest\x12\x0b\n\x03\x63sr\x18\x01 \x01(\x0c\x12\x14\n\x0con_behalf_of\x18\x02 \x01(\t\".\n\x0b\x43\x65rtificate\x12\x13\n\x0b\x63\x65rtificate\x18\x01 \x01(\x0c\x12\n\n\x02\x63\x61\x18\x02 \x01(\x0c\"\xdf\x01\n\x06Member\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0e\n\x06region\x18\x04 \x01(\t\x12\x0e\n\x06models\x18\x05 \x03(\t\x12\x10\n\x08\x63\x61pacity\x18\x06 \x01(\x05\x12\x14\n\x0chttp_address\x18\x07 \x01(\t\x12\x32\n\x04meta\x18\x08 \x03(\x0b\x32$.fogline.control.v1.Member.MetaEntry\x1a+\n\tMetaEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\".\n\x04Load\x12\x11\n\tin_flight\x18\x01 \x01(\x05\x12\x13\n\x0bqueue_depth\x18\x02 \x01(\x05\"=\n\x0fRegisterRequest\x12*\n\x06member\x18\x01 \x01(\x0b\x32\x1a.fogline.control.v1.Member\"A\n\x10RegisterResponse\x12\x1d\n\x15heartbeat_interval_ms\x18\x01 \x01(\x03\x12\x0e\n\x06ttl_ms\x18\x02 \x01(\x03\"V\n\x10HeartbeatRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12&\n\x04load\x18\x02 \x01(\x0b\x32\x18.fogline.control.v1.Load\x12\x0e\n\x06models\x18\x03 \x03(\t\"\"\n\x11HeartbeatResponse\x12\r\n\x05known\x18\x01 \x01(\x08\"\x1f\n\x11\x44\x65registerRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x14\n\x12\x44\x65registerResponse\":\n\x14WatchTopologyRequest\x12\x12\n\nwatcher_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\"a\n\x0bWorkerState\x12*\n\x06member\x18\x01 \x01(\x0b\x32\x1a.fogline.control.v1.Member\x12&\n\x04load\x18\x02 \x01(\x0b\x32\x18.fogline.control.v1.Load\"\x98\x01\n\x0cHardnessRule\x12\x1b\n\x0emax_prob_below\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x1a\n\rentropy_above\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x19\n\x0cmargin_below\x18\x03 \x01(\x01H\x02\x88\x01\x01\x42\x11\n\x0f_max_prob_belowB\x10\n\x0e_entropy_aboveB\x0f\n\r_margin_below\"\x9a\x01\n\x0c\x43\x61talogEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tplacement\x18\x02 \x01(\t\x12\x14\n\x0c\x64\x65vice_model\x18\x03 \x01(\t\x12\x13\n\x0b\x63loud_model\x18\x04 \x01(\t\x12.\n\x04rule\x18\x05 \x01(\x0b\x32 .fogline.control.v1.HardnessRule\x12\x0e\n\x06output\x18\x06 \x01(\t\"\x94\x01\n\x08Topology\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x30\n\x07workers\x18\x02 \x03(\x0b\x32\x1f.fogline.control.v1.WorkerState\x12\x31\n\x07\x63\x61talog\x18\x03 \x03(\x0b\x32 .fogline.control.v1.CatalogEntry\x12\x12\n\nrefresh_ms\x18\x04 \x01(\x03\x32\x96\x04\n\x07\x43ontrol\x12W\n\x08Register\x12#.fogline.control.v1.RegisterRequest\x1a$.fogline.control.v1.RegisterResponse\"\x00\x12Z\n\tHeartbeat\x12$.fogline.control.v1.HeartbeatRequest\x1a%.fogline.control.v1.HeartbeatResponse\"\x00\x12]\n\nDeregister\x12%.fogline.control.v1.DeregisterRequest\x1a&.fogline.control.v1.DeregisterResponse\"\x00\x12[\n\rWatchTopology\x12(.fogline.control.v1.WatchTopologyRequest\x1a\x1c.fogline.control.v1.Topology\"\x00\x30\x01\x12L\n\x05\x45nrol\x12 .fogline.control.v1.EnrolRequest\x1a\x1f.fogline.control.v1.Certificate\"\x00\x12L\n\x05Renew\x12 .fogline.control.v1.RenewRequest\x1a\x1f.fogline.control.v1.Certificate\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,34 +33,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MEMBER_METAENTRY']._loaded_options = None
   _globals['_MEMBER_METAENTRY']._serialized_options = b'8\001'
-  _globals['_MEMBER']._serialized_start=38
-  _globals['_MEMBER']._serialized_end=261
-  _globals['_MEMBER_METAENTRY']._serialized_start=218
-  _globals['_MEMBER_METAENTRY']._serialized_end=261
-  _globals['_LOAD']._serialized_start=263
-  _globals['_LOAD']._serialized_end=309
-  _globals['_REGISTERREQUEST']._serialized_start=311
-  _globals['_REGISTERREQUEST']._serialized_end=372
-  _globals['_REGISTERRESPONSE']._serialized_start=374
-  _globals['_REGISTERRESPONSE']._serialized_end=439
-  _globals['_HEARTBEATREQUEST']._serialized_start=441
-  _globals['_HEARTBEATREQUEST']._serialized_end=527
-  _globals['_HEARTBEATRESPONSE']._serialized_start=529
-  _globals['_HEARTBEATRESPONSE']._serialized_end=563
-  _globals['_DEREGISTERREQUEST']._serialized_start=565
-  _globals['_DEREGISTERREQUEST']._serialized_end=596
-  _globals['_DEREGISTERRESPONSE']._serialized_start=598
-  _globals['_DEREGISTERRESPONSE']._serialized_end=618
-  _globals['_WATCHTOPOLOGYREQUEST']._serialized_start=620
-  _globals['_WATCHTOPOLOGYREQUEST']._serialized_end=678
-  _globals['_WORKERSTATE']._serialized_start=680
-  _globals['_WORKERSTATE']._serialized_end=777
-  _globals['_HARDNESSRULE']._serialized_start=780
-  _globals['_HARDNESSRULE']._serialized_end=932
-  _globals['_CATALOGENTRY']._serialized_start=935
-  _globals['_CATALOGENTRY']._serialized_end=1089
-  _globals['_TOPOLOGY']._serialized_start=1092
-  _globals['_TOPOLOGY']._serialized_end=1240
-  _globals['_CONTROL']._serialized_start=1243
-  _globals['_CONTROL']._serialized_end=1621
+  _globals['_ENROLREQUEST']._serialized_start=37
+  _globals['_ENROLREQUEST']._serialized_end=124
+  _globals['_RENEWREQUEST']._serialized_start=126
+  _globals['_RENEWREQUEST']._serialized_end=175
+  _globals['_CERTIFICATE']._serialized_start=177
+  _globals['_CERTIFICATE']._serialized_end=223
+  _globals['_MEMBER']._serialized_start=226
+  _globals['_MEMBER']._serialized_end=449
+  _globals['_MEMBER_METAENTRY']._serialized_start=406
+  _globals['_MEMBER_METAENTRY']._serialized_end=449
+  _globals['_LOAD']._serialized_start=451
+  _globals['_LOAD']._serialized_end=497
+  _globals['_REGISTERREQUEST']._serialized_start=499
+  _globals['_REGISTERREQUEST']._serialized_end=560
+  _globals['_REGISTERRESPONSE']._serialized_start=562
+  _globals['_REGISTERRESPONSE']._serialized_end=627
+  _globals['_HEARTBEATREQUEST']._serialized_start=629
+  _globals['_HEARTBEATREQUEST']._serialized_end=715
+  _globals['_HEARTBEATRESPONSE']._serialized_start=717
+  _globals['_HEARTBEATRESPONSE']._serialized_end=751
+  _globals['_DEREGISTERREQUEST']._serialized_start=753
+  _globals['_DEREGISTERREQUEST']._serialized_end=784
+  _globals['_DEREGISTERRESPONSE']._serialized_start=786
+  _globals['_DEREGISTERRESPONSE']._serialized_end=806
+  _globals['_WATCHTOPOLOGYREQUEST']._serialized_start=808
+  _globals['_WATCHTOPOLOGYREQUEST']._serialized_end=866
+  _globals['_WORKERSTATE']._serialized_start=868
+  _globals['_WORKERSTATE']._serialized_end=965
+  _globals['_HARDNESSRULE']._serialized_start=968
+  _globals['_HARDNESSRULE']._serialized_end=1120
+  _globals['_CATALOGENTRY']._serialized_start=1123
+  _globals['_CATALOGENTRY']._serialized_end=1277
+  _globals['_TOPOLOGY']._serialized_start=1280
+  _globals['_TOPOLOGY']._serialized_end=1428
+  _globals['_CONTROL']._serialized_start=1431
+  _globals['_CONTROL']._serialized_end=1965
 # @@protoc_insertion_point(module_scope)

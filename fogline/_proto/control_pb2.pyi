@@ -6,6 +6,36 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class EnrolRequest(_message.Message):
+    __slots__ = ("token", "service", "id", "region", "csr")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    CSR_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    service: str
+    id: str
+    region: str
+    csr: bytes
+    def __init__(self, token: _Optional[str] = ..., service: _Optional[str] = ..., id: _Optional[str] = ..., region: _Optional[str] = ..., csr: _Optional[bytes] = ...) -> None: ...
+
+class RenewRequest(_message.Message):
+    __slots__ = ("csr", "on_behalf_of")
+    CSR_FIELD_NUMBER: _ClassVar[int]
+    ON_BEHALF_OF_FIELD_NUMBER: _ClassVar[int]
+    csr: bytes
+    on_behalf_of: str
+    def __init__(self, csr: _Optional[bytes] = ..., on_behalf_of: _Optional[str] = ...) -> None: ...
+
+class Certificate(_message.Message):
+    __slots__ = ("certificate", "ca")
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    CA_FIELD_NUMBER: _ClassVar[int]
+    certificate: bytes
+    ca: bytes
+    def __init__(self, certificate: _Optional[bytes] = ..., ca: _Optional[bytes] = ...) -> None: ...
+
 class Member(_message.Message):
     __slots__ = ("id", "service", "address", "region", "models", "capacity", "http_address", "meta")
     class MetaEntry(_message.Message):

@@ -54,6 +54,16 @@ class ControlStub:
                 request_serializer=control__pb2.WatchTopologyRequest.SerializeToString,
                 response_deserializer=control__pb2.Topology.FromString,
                 _registered_method=True)
+        self.Enrol = channel.unary_unary(
+                '/fogline.control.v1.Control/Enrol',
+                request_serializer=control__pb2.EnrolRequest.SerializeToString,
+                response_deserializer=control__pb2.Certificate.FromString,
+                _registered_method=True)
+        self.Renew = channel.unary_unary(
+                '/fogline.control.v1.Control/Renew',
+                request_serializer=control__pb2.RenewRequest.SerializeToString,
+                response_deserializer=control__pb2.Certificate.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -91,6 +101,23 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Enrol(self, request, context):
+        """A new node with a join token and no certificate yet: it sends a CSR and gets a short-lived
+        certificate for the identity the token allows. Served on the master's enrolment port (server
+        TLS only); a master without the fleet CA forwards it to the cloud master.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Renew(self, request, context):
+        """A member renews its certificate before it expires: a new CSR, sent with the current certificate
+        (mTLS). An edge master forwards its devices' renewals to the cloud master.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -113,6 +140,16 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.WatchTopology,
                     request_deserializer=control__pb2.WatchTopologyRequest.FromString,
                     response_serializer=control__pb2.Topology.SerializeToString,
+            ),
+            'Enrol': grpc.unary_unary_rpc_method_handler(
+                    servicer.Enrol,
+                    request_deserializer=control__pb2.EnrolRequest.FromString,
+                    response_serializer=control__pb2.Certificate.SerializeToString,
+            ),
+            'Renew': grpc.unary_unary_rpc_method_handler(
+                    servicer.Renew,
+                    request_deserializer=control__pb2.RenewRequest.FromString,
+                    response_serializer=control__pb2.Certificate.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -223,6 +260,60 @@ class Control:
             '/fogline.control.v1.Control/WatchTopology',
             control__pb2.WatchTopologyRequest.SerializeToString,
             control__pb2.Topology.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Enrol(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fogline.control.v1.Control/Enrol',
+            control__pb2.EnrolRequest.SerializeToString,
+            control__pb2.Certificate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Renew(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fogline.control.v1.Control/Renew',
+            control__pb2.RenewRequest.SerializeToString,
+            control__pb2.Certificate.FromString,
             options,
             channel_credentials,
             insecure,

@@ -15,6 +15,9 @@ if TYPE_CHECKING:
     from fogline.adapters.consul.discovery import ConsulDiscovery
     from fogline.servers.model_server import ModelServerSettings
 
+from fogline.adapters.tls.material import ClientAuth
+from fogline.cli import certs as certs_cli
+from fogline.cli import keys as keys_cli
 from fogline.core.escalation.catalog import CatalogError
 from fogline.core.serving.repository import ConfigError
 
@@ -47,6 +50,59 @@ def _common(p: argparse.ArgumentParser, *, region: bool = True) -> None:
     d.add_argument("--consul-deregister-after-s", type=float, default=60.0,
                    help="Consul drops this process after its check is critical this long (default 60)")
     d.add_argument("--consul-kv-prefix", default="fogline", help="KV prefix of the live catalog and policy")
+    t = p.add_argument_group("security (docs/security.md)")
+    t.add_argument("--tls-cert", type=Path, help="this process's certificate (PEM); with --tls-key and --tls-ca: "
+                                                  "TLS on every server, mTLS to every peer")
+    t.add_argument("--tls-key", type=Path, help="its private key (PEM)")
+    t.add_argument("--tls-ca", type=Path, help="the fleet CA certificate (PEM)")
+    t.add_argument("--client-auth", choices=[c.value for c in ClientAuth], default="require",
+                   help="inference clients must present a fleet certificate (require, default), or not (none; "
+                        "optional: not asked for by gRPC, verified if sent to REST); the control plane always "
+                        "requires one")
+    t.add_argument("--api-keys", type=Path, help="keys file (`fogline keys create`): inference then needs "
+                                                  "'authorization: Bearer <key>'")
+    t.add_argument("--join-token-file", type=Path,
+                   help="enrol with the join token in this file when --tls-cert does not exist yet "
+                        "(or FOGLINE_JOIN_TOKEN); the certificate is then written to --tls-cert/--tls-key")
+    t.add_argument("--enrol", help="host:port of the enrolment port of the master to enrol at")
+
+
+def _master_security(p: argparse.ArgumentParser) -> None:
+    """The flags of a master's enrolment and admin API."""
+    g = p.add_argument_group("fleet administration")
+    g.add_argument("--ca-dir", type=Path, help="the fleet CA directory (`fogline certs init`): sign enrolments and "
+                                               "renewals here")
+    g.add_argument("--enrol-port", type=int, default=0, help="port where nodes enrol with join tokens (0 = any)")
+    g.add_argument("--enrolled-cert-ttl-s", type=float, default=24 * 3600.0,
+                   help="lifetime of enrolled and renewed certificates (default 1 day; renewed at 2/3)")
+    g.add_argument("--admin-port", type=int, default=0, help="admin API port (0 = any free port)")
+    g.add_argument("--admin-token-file", type=Path, help="file with the admin bearer token")
+
+
+def _security(args: argparse.Namespace) -> dict[str, Any]:
+    """The security settings the flags ask for; ValueError for an incomplete set of TLS files."""
+    from fogline.adapters.tls.material import TlsFiles, TlsSettings
+
+    given = [args.tls_cert, args.tls_key, args.tls_ca]
+    tls = None
+    if any(given):
+        if not all(given):
+            raise UsageError("--tls-cert, --tls-key and --tls-ca go together: give all three")
+        tls = TlsSettings(files=TlsFiles(args.tls_cert, args.tls_key, args.tls_ca),
+                          client_auth=ClientAuth(args.client_auth))
+    token = os.environ.get("FOGLINE_JOIN_TOKEN") or None
+    if args.join_token_file:
+        token = args.join_token_file.read_text().strip()
+    return {"tls": tls, "api_keys": args.api_keys, "join_token": token, "enrol": args.enrol}
+
+
+def _master_admin(args: argparse.Namespace) -> dict[str, Any]:
+    return {"ca_dir": args.ca_dir, "enrol_port": args.enrol_port, "enrolled_cert_ttl_s": args.enrolled_cert_ttl_s,
+            "admin_port": args.admin_port, "admin_token_file": args.admin_token_file}
+
+
+class UsageError(ValueError):
+    """Flags that do not go together."""
 
 
 def _model_server(p: argparse.ArgumentParser, service: str, id_help: str, master: str) -> None:
@@ -82,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--upstream", choices=("stream", "unary"), default="stream",
                       help="forward to devices over one multiplexed stream each (default) or a call per request")
     edge.add_argument("--cloud", help="cloud master control address host:port (omit to run without one)")
+    _master_security(edge)
     edge.add_argument("--device-queue-limit", type=int, default=128,
                       help="requests outstanding at a device node beyond which it counts as full; when all "
                            "holding a model are, requests overflow to the cloud (default 128)")
@@ -106,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="model catalog TOML: placement and cascade rules (default: run models where held)")
     cloud.add_argument("--topology-refresh-s", type=float, default=2.0,
                        help="resend the topology to edge masters at least this often (default 2.0)")
+    _master_security(cloud)
 
     up = sub.add_parser("up", help="start a whole local stack with sample models")
     up.add_argument("--workdir", type=Path, default=DEFAULT_HOME,
@@ -116,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--cloud-http-port", type=int, default=8010, help="cloud master REST port (0 = any)")
     up.add_argument("--regions", type=int, default=2, help="regions, each an edge master (default 2)")
     up.add_argument("--devices", type=int, default=2, help="device nodes per region (default 2)")
+    up.add_argument("--insecure", action="store_true",
+                    help="run every process in plaintext, without certificates (default: a CA of its own under "
+                         "<workdir>/tls and mTLS on every hop)")
 
     infer = sub.add_parser("infer", help="send one request and print the result and where it ran")
     infer.add_argument("--url", help="V2 endpoint host:port (default: the edge of the running `fogline up`)")
@@ -125,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--batch", type=int, default=1, help="rows of random input (default 1)")
     infer.add_argument("--session", help="affinity key (fogline.session)")
     infer.add_argument("--timeout-s", type=float, default=10.0)
+    _client_tls(infer)
 
     calibrate = sub.add_parser("calibrate", help="choose a cascade's hardness threshold on labelled validation data")
     calibrate.add_argument("--url", help="edge master host:port (default: the edge of the running `fogline up`)")
@@ -139,9 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     goal.add_argument("--max-drop", type=float,
                       help="escalate as little as keeps accuracy within this of the cloud model's, e.g. 0.005")
     calibrate.add_argument("--batch", type=int, default=64, help="rows per request (default 64)")
+    _client_tls(calibrate)
 
     samples = sub.add_parser("samples", help="build the sample model repository")
     samples.add_argument("directory", type=Path)
+    certs_cli.add_parser(sub)
+    keys_cli.add_parser(sub)
     return parser
 
 
@@ -149,14 +214,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.command in ("infer", "calibrate", "samples") and hasattr(signal, "SIGPIPE"):
+    if args.command in ("infer", "calibrate", "samples", "certs", "keys") and hasattr(signal, "SIGPIPE"):
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `fogline infer | head` ends quietly
     commands = {"device": _device, "worker": _worker, "edge": _edge, "cloud": _cloud, "up": _up,
-                "infer": _infer, "samples": _samples, "calibrate": _calibrate}
+                "infer": _infer, "samples": _samples, "calibrate": _calibrate, "certs": certs_cli.run,
+                "keys": keys_cli.run}
     try:
         return commands[args.command](args)
     except ValueError as err:  # ConfigError, CatalogError: a file or flag to fix, not a crash
-        if not isinstance(err, (ConfigError, CatalogError)):
+        if not isinstance(err, (ConfigError, CatalogError, UsageError)):
             raise
         print(f"fogline {args.command}: {err}", file=sys.stderr)
         return 2
@@ -181,7 +247,7 @@ def _model_server_settings(cls: type[S], args: argparse.Namespace, **extra: Any)
         model_repository=args.models, models=tuple(args.only) if args.only else None, region=args.region,
         host=args.host, advertise_host=args.advertise_host, grpc_port=args.grpc_port, http_port=args.http_port,
         master=args.master, max_message_bytes=args.max_message_mb * MiB, drain_grace_s=args.drain_grace_s,
-        fault_delay_s=args.fault_delay_ms / 1000, consul=_consul(args), **extra,
+        fault_delay_s=args.fault_delay_ms / 1000, consul=_consul(args), **_security(args), **extra,
     )
     if args.id:
         settings.node_id = args.id
@@ -190,19 +256,15 @@ def _model_server_settings(cls: type[S], args: argparse.Namespace, **extra: Any)
 
 def _device(args: argparse.Namespace) -> int:
     from device_node import DeviceNode, DeviceSettings
-    from fogline.servers.process import run
-
     providers = args.providers.split(",") if args.providers else None
-    node = DeviceNode(_model_server_settings(DeviceSettings, args, providers=providers))
-    return run(node, args.ready_file, args.parent_pid)
+    settings = _model_server_settings(DeviceSettings, args, providers=providers)
+    return _run_checked(DeviceNode(settings), settings, args)
 
 
 def _worker(args: argparse.Namespace) -> int:
     from cloud_master.worker import GpuWorker, WorkerSettings
-    from fogline.servers.process import run
-
-    worker = GpuWorker(_model_server_settings(WorkerSettings, args, device=args.device))
-    return run(worker, args.ready_file, args.parent_pid)
+    settings = _model_server_settings(WorkerSettings, args, device=args.device)
+    return _run_checked(GpuWorker(settings), settings, args)
 
 
 def _edge(args: argparse.Namespace) -> int:
@@ -210,8 +272,6 @@ def _edge(args: argparse.Namespace) -> int:
     from fogline.core.escalation.router import EdgeRoutingSettings
     from fogline.core.routing.breaker import BreakerSettings
     from fogline.core.routing.dispatch import DispatchSettings
-    from fogline.servers.process import run
-
     settings = EdgeSettings(
         region=args.region, host=args.host, advertise_host=args.advertise_host, grpc_port=args.grpc_port,
         control_port=args.control_port, http_port=args.http_port, max_message_bytes=args.max_message_mb * MiB,
@@ -221,26 +281,35 @@ def _edge(args: argparse.Namespace) -> int:
                                     escalation_timeout_s=args.escalation_timeout_s),
         dispatch=DispatchSettings(attempt_timeout_s=args.attempt_timeout_s),
         breaker=BreakerSettings(slow_call_s=args.slow_call_s, probe_timeout_s=max(args.slow_call_s, 0.05)),
-        consul=_consul(args),
+        consul=_consul(args), **_security(args), **_master_admin(args),
     )
     if args.id:
         settings.edge_id = args.id
-    return run(EdgeMaster(settings), args.ready_file, args.parent_pid)
+    return _run_checked(EdgeMaster(settings), settings, args)
 
 
 def _cloud(args: argparse.Namespace) -> int:
     from cloud_master import CloudMaster, CloudSettings
-    from fogline.servers.process import run
-
     settings = CloudSettings(
         host=args.host, advertise_host=args.advertise_host, grpc_port=args.grpc_port,
         control_port=args.control_port, http_port=args.http_port, max_message_bytes=args.max_message_mb * MiB,
         member_ttl_s=args.member_ttl_s, drain_grace_s=args.drain_grace_s, catalog=args.catalog,
-        topology_refresh_s=args.topology_refresh_s, consul=_consul(args),
+        topology_refresh_s=args.topology_refresh_s, consul=_consul(args), **_security(args), **_master_admin(args),
     )
     if args.id:
         settings.cloud_id = args.id
-    return run(CloudMaster(settings), args.ready_file, args.parent_pid)
+    return _run_checked(CloudMaster(settings), settings, args)
+
+
+def _run_checked(service: Any, settings: Any, args: argparse.Namespace) -> int:
+    """Serve ``service`` unless its settings would listen in plaintext where they must not."""
+    from fogline.servers.process import run
+
+    problem = settings.plaintext_problem(allowed=os.environ.get("FOGLINE_ALLOW_INSECURE") == "1")
+    if problem:
+        print(f"fogline {args.command}: {problem}", file=sys.stderr)
+        return 2
+    return run(service, args.ready_file, args.parent_pid)
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -248,7 +317,7 @@ def _up(args: argparse.Namespace) -> int:
 
     return LocalStack(args.workdir, edge_port=args.edge_port, edge_http_port=args.edge_http_port,
                       cloud_port=args.cloud_port, cloud_http_port=args.cloud_http_port, regions=args.regions,
-                      devices=args.devices).run()
+                      devices=args.devices, secure=not args.insecure).run()
 
 
 def _samples(args: argparse.Namespace) -> int:
@@ -256,6 +325,29 @@ def _samples(args: argparse.Namespace) -> int:
 
     print(build_sample_repository(args.directory, force=True))
     return 0
+
+
+def _client_tls(p: argparse.ArgumentParser) -> None:
+    """A client's TLS and API-key flags (default: the credentials the state file names)."""
+    p.add_argument("--tls-ca", type=Path, help="CA certificate to trust (default: the running stack's)")
+    p.add_argument("--tls-cert", type=Path, help="client certificate (default: the running stack's)")
+    p.add_argument("--tls-key", type=Path, help="client key (default: the running stack's)")
+    p.add_argument("--api-key-file", type=Path, help="file holding an API key to send")
+
+
+def _client_security(args: argparse.Namespace) -> dict[str, Any]:
+    """``tls`` and ``api_key`` for the SDK from the flags, else from the running stack's state file."""
+    from fogline.sdk.client import TLS
+
+    tls_state: dict[str, str] = {}
+    if args.state.is_file():
+        tls_state = json.loads(args.state.read_text()).get("tls") or {}
+    ca = args.tls_ca or tls_state.get("ca")
+    cert = args.tls_cert or tls_state.get("client_cert")
+    key = args.tls_key or tls_state.get("client_key")
+    tls = TLS(ca=ca, cert=cert, key=key) if ca else None
+    api_key = args.api_key_file.read_text().strip() if args.api_key_file else None
+    return {"tls": tls, "api_key": api_key}
 
 
 def _stack_edge(url: str | None, state: Path) -> str | None:
@@ -280,7 +372,8 @@ def _calibrate(args: argparse.Namespace) -> int:
         return 2
     try:
         report = asyncio.run(calibrate(url, args.model, args.data, criterion=args.criterion, output=args.output,
-                                       target_rate=args.target_rate, max_drop=args.max_drop, batch=args.batch))
+                                       target_rate=args.target_rate, max_drop=args.max_drop, batch=args.batch,
+                                       **_client_security(args)))
     except FoglineError as err:
         print(f"error: {err.code.value}: {err}", file=sys.stderr)
         return 1
@@ -298,7 +391,7 @@ def _infer(args: argparse.Namespace) -> int:
     url = _stack_edge(args.url, args.state)
     if url is None:
         return 2
-    with SyncClient(url, timeout_s=args.timeout_s) as client:
+    with SyncClient(url, timeout_s=args.timeout_s, **_client_security(args)) as client:
         try:
             if args.input:
                 inputs = {"input": np.load(args.input)}

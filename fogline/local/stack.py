@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from fogline.adapters.ports import port_free
+from fogline.core.security.identity import Identity
+from fogline.local.credentials import StackCredentials
 from fogline.local.digits import CATALOG_FILE
 from fogline.local.launch import LaunchError
 from fogline.local.samples import build_sample_repository
@@ -58,7 +61,7 @@ class LocalStack:
 
     def __init__(self, workdir: Path, *, edge_port: int = 8001, edge_http_port: int = 8000,
                  cloud_port: int = 8011, cloud_http_port: int = 8010, regions: int = 2,
-                 devices: int = 2, restart: RestartSettings | None = None) -> None:
+                 devices: int = 2, restart: RestartSettings | None = None, secure: bool = True) -> None:
         self.workdir = Path(workdir).resolve()
         self.edge_port = edge_port
         self.edge_http_port = edge_http_port
@@ -71,9 +74,18 @@ class LocalStack:
                                      on_change=self._write_state)
         self._stop = threading.Event()
         self._models: Path | None = None
+        self.credentials = StackCredentials(self.workdir / "tls") if secure else None
 
-    def _spawn(self, name: str, *args: str, stop_order: int) -> Child:
-        return self.supervisor.spawn(name, [*args, "--parent-pid", str(os.getpid())], stop_order=stop_order)
+    def _spawn(self, name: str, *args: str, identity: Identity, stop_order: int) -> Child:
+        tls = self.credentials.flags(name, identity) if self.credentials else []
+        return self.supervisor.spawn(name, [*args, *tls, "--parent-pid", str(os.getpid())], stop_order=stop_order)
+
+    def _admin_flags(self, *, ca: bool) -> list[str]:
+        """A master's admin token (and, for the cloud master, the CA it signs enrolments with)."""
+        c = self.credentials
+        if c is None:
+            return []
+        return ["--admin-token-file", str(c.admin_token_file), *(["--ca-dir", str(c.ca_dir)] if ca else [])]
 
     def _wait_ready(self, child: Child) -> dict[str, Any]:
         try:
@@ -101,19 +113,25 @@ class LocalStack:
         """Start the cloud master, the worker, the edges and their devices; once every one is ready and
         registered where it belongs, write the state file and return what it says."""
         self._models = models = self._build_models()
+        if self.credentials is not None:
+            self.credentials.prepare()
         cloud = self._wait_ready(self._spawn(
             "cloud", "cloud", "--id", "cloud", "--grpc-port", str(self.cloud_port),
-            "--http-port", str(self.cloud_http_port), "--catalog", str(models / CATALOG_FILE), stop_order=2))
+            "--http-port", str(self.cloud_http_port), "--catalog", str(models / CATALOG_FILE),
+            *self._admin_flags(ca=True), identity=Identity(service="cloud", id="cloud"), stop_order=2))
         worker = self._spawn("worker-0", "worker", "--id", "worker-0", "--models", str(models),
-                             *_only(WORKER_MODELS), "--master", cloud["control"], stop_order=0)
+                             *_only(WORKER_MODELS), "--master", cloud["control"],
+                             identity=Identity(service="worker", id="worker-0"), stop_order=0)
         edges = {}
         for i, region in enumerate(self.regions):
             ports = ("--grpc-port", str(self.edge_port), "--http-port", str(self.edge_http_port)) if i == 0 else ()
             edges[region] = self._wait_ready(self._spawn(
                 f"{region}-edge", "edge", "--region", region, "--id", f"{region}-edge", *ports,
-                "--cloud", cloud["control"], stop_order=1))
+                "--cloud", cloud["control"], *self._admin_flags(ca=False),
+                identity=Identity(service="edge", id=f"{region}-edge", region=region), stop_order=1))
         devices = [self._spawn(f"{region}-device-{d}", "device", "--region", region, "--id", f"{region}-device-{d}",
                                "--models", str(models), *_only(DEVICE_MODELS), "--master", edge["control"],
+                               identity=Identity(service="device", id=f"{region}-device-{d}", region=region),
                                stop_order=0)
                    for region, edge in edges.items() for d in range(self.devices)]
         for child in (*devices, worker):
@@ -126,14 +144,31 @@ class LocalStack:
 
     def state(self) -> dict[str, Any]:
         """What the state file says: every process's endpoints and pid, and which are down."""
-        by_name = {c.name: {**c.endpoints, "pid": c.launched.pid} for c in self.supervisor.children}
+        by_name = {c.name: {**c.endpoints, "pid": c.launched.pid, **self._own_tls(c.name)}
+                   for c in self.supervisor.children}
         regions = {region: {"edge": by_name.get(f"{region}-edge", {}),
                             "devices": [by_name.get(f"{region}-device-{d}", {}) for d in range(self.devices)]}
                    for region in self.regions}
         down = [c.name for c in self.supervisor.children if c.state is not ChildState.RUNNING]
         return {"workdir": str(self.workdir), "models": str(self._models), "cloud": by_name.get("cloud", {}),
                 "worker": by_name.get("worker-0", {}), "regions": regions, "edge": regions[self.regions[0]]["edge"],
-                "devices": [d for r in regions.values() for d in r["devices"]], "down": down, "pid": os.getpid()}
+                "devices": [d for r in regions.values() for d in r["devices"]], "down": down, "pid": os.getpid(),
+                "tls": self.credentials.state() if self.credentials else None}
+
+    def _own_tls(self, name: str) -> dict[str, Any]:
+        if self.credentials is None:
+            return {}
+        files = self.credentials.files(name)
+        return {"tls": {"cert": str(files.cert), "key": str(files.key)}}
+
+    def _status_context(self) -> ssl.SSLContext | None:
+        """How this stack reads its masters' status: over TLS with the users' client certificate."""
+        if self.credentials is None:
+            return None
+        files = self.credentials.files("client")
+        context = ssl.create_default_context(cafile=str(files.ca))
+        context.load_cert_chain(files.cert, files.key)
+        return context
 
     def _write_state(self) -> dict[str, Any]:
         state = self.state()
@@ -144,8 +179,10 @@ class LocalStack:
         """Poll a master's /v1/status until its ``kind`` list holds ``ids``."""
         deadline = time.monotonic() + START_TIMEOUT_S
         seen: set[str] = set()
+        context = self._status_context()
+        scheme = "https" if context else "http"
         while time.monotonic() < deadline and not self._stop.is_set():
-            with urllib.request.urlopen(f"http://{http}/v1/status", timeout=2) as reply:
+            with urllib.request.urlopen(f"{scheme}://{http}/v1/status", timeout=2, context=context) as reply:
                 seen = {m["id"] for m in json.load(reply)[kind]}
             if ids <= seen:
                 return
@@ -189,14 +226,22 @@ def _only(models: tuple[str, ...]) -> list[str]:
 def _print_state(state: dict[str, Any], state_file: Path) -> None:
     cloud, worker = state["cloud"], state["worker"]
     print(f"Fogline local stack is up (models in {state['models']})")
-    print(f"  cloud master {cloud['id']:<18} grpc {cloud['grpc']:<22} http http://{cloud['http']}")
-    print(f"  GPU worker   {worker['id']:<18} grpc {worker['grpc']:<22} http http://{worker['http']}")
+    tls = state.get("tls")
+    web = "https" if tls else "http"
+    print(f"  cloud master {cloud['id']:<18} grpc {cloud['grpc']:<22} {web}://{cloud['http']}")
+    print(f"  GPU worker   {worker['id']:<18} grpc {worker['grpc']:<22} {web}://{worker['http']}")
     for region, members in state["regions"].items():
         edge = members["edge"]
-        print(f"  {region}: edge master {edge['id']:<18} grpc {edge['grpc']:<22} http http://{edge['http']}")
+        print(f"  {region}: edge master {edge['id']:<18} grpc {edge['grpc']:<22} {web}://{edge['http']}")
         for d in members["devices"]:
-            print(f"  {region}: device node {d['id']:<18} grpc {d['grpc']:<22} http http://{d['http']}")
+            print(f"  {region}: device node {d['id']:<18} grpc {d['grpc']:<22} {web}://{d['http']}")
     print(f"State file: {state_file}")
-    print(f"Try:  fogline infer --model cnn      (or: curl http://{cloud['http']}/v1/topology)")
+    if tls:
+        print(f"mTLS on every hop (CA {tls['ca']}); client certificate {tls['client_cert']}, key {tls['client_key']}")
+        curl = f"curl --cacert {tls['ca']} https://{cloud['http']}/v1/topology"
+    else:
+        print("PLAINTEXT (--insecure): anyone who can reach these ports can use and change the fleet")
+        curl = f"curl http://{cloud['http']}/v1/topology"
+    print(f"Try:  fogline infer --model cnn      (or: {curl})")
     print(f"      fogline calibrate --model digits --data {state['models']}/digits-split.npz --target-rate 0.3")
     print("Ctrl-C stops everything.", flush=True)

@@ -5,6 +5,7 @@ master (``fogline.tier`` hints), so the threshold fits exactly what serves the t
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -73,11 +74,13 @@ def report(model: str, rule: HardnessRule, result: CascadeResult) -> str:
 
 
 async def calibrate(url: str, model: str, data: Path, *, criterion: Criterion, output: str | None,
-                    target_rate: float | None, max_drop: float | None, batch: int = 64) -> str:
+                    target_rate: float | None, max_drop: float | None, batch: int = 64,
+                    **client_options: Any) -> str:
     """Run the validation inputs in ``data`` through ``model`` on a device and in the cloud, via the edge
-    master at ``url``, ``batch`` rows a request; choose the rule meeting the goal; the report to print."""
+    master at ``url``, ``batch`` rows a request; choose the rule meeting the goal; the report to print.
+    ``client_options`` go to the :class:`Client` (``tls``, ``api_key``)."""
     x, labels = load_validation(data)
-    async with Client(url, timeout_s=30.0) as client:
+    async with Client(url, timeout_s=30.0, **client_options) as client:
         small = await probabilities(client, model, TIER_DEVICE, x, output=output, batch=batch)
         large = await probabilities(client, model, TIER_CLOUD, x, output=output, batch=batch)
     rule, result = choose(small, large, labels, criterion, target_rate=target_rate, max_drop=max_drop)

@@ -4,6 +4,11 @@
         result = await client.infer("mlp", {"input": np.zeros((1, 64), np.float32)})
         result.outputs["logits"], result.tier, result.node, result.route
 
+Over TLS (what a secure ``fogline up`` needs: its state file names the files), and with an API key::
+
+    tls = fogline.TLS(ca="ca.pem", cert="client.pem", key="client.key")
+    fogline.Client("127.0.0.1:8001", tls=tls, api_key="fogline-ak-...")
+
 :class:`SyncClient` offers the same calls without asyncio.
 """
 
@@ -14,6 +19,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -35,6 +41,26 @@ T = TypeVar("T")
 # A client sees one endpoint per region: a region that failed twice in a row is left alone for a
 # second before a probe, and is back after two good answers.
 CLIENT_BREAKER = BreakerSettings(consecutive_failures=2, probe_successes=2)
+
+@dataclass(frozen=True, kw_only=True)
+class TLS:
+    """TLS to the endpoints: trust ``ca`` (PEM file), and present ``cert``/``key`` (PEM files) where
+    the server asks for a client certificate. ``server_name`` checks the server's certificate for
+    that name instead of the endpoint's host."""
+
+    ca: str | Path
+    cert: str | Path | None = None
+    key: str | Path | None = field(default=None, repr=False)
+    server_name: str | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """grpc channel credentials of these files (read now)."""
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("TLS: give both cert and key, or neither")
+        read = lambda path: Path(path).read_bytes() if path is not None else None  # noqa: E731
+        return grpc.ssl_channel_credentials(root_certificates=read(self.ca), private_key=read(self.key),
+                                            certificate_chain=read(self.cert))
+
 
 @dataclass(frozen=True)
 class InferResult:
@@ -90,13 +116,17 @@ class Client:
 
     def __init__(self, endpoints: str | Sequence[str], *, timeout_s: float = 10.0,
                  attempt_timeout_s: float | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 breaker: BreakerSettings | None = None) -> None:
+                 breaker: BreakerSettings | None = None, tls: TLS | None = None, api_key: str | None = None) -> None:
         self.endpoints = [endpoints] if isinstance(endpoints, str) else list(dict.fromkeys(endpoints))
         if not self.endpoints:
             raise ValueError("at least one endpoint (host:port) is required")
         self.timeout_s = timeout_s
         self.attempt_timeout_s = attempt_timeout_s
-        self._options = channel_options(max_message_bytes)
+        self._options: list[tuple[str, Any]] = list(channel_options(max_message_bytes))
+        if tls is not None and tls.server_name:
+            self._options.append(("grpc.ssl_target_name_override", tls.server_name))
+        self._credentials = tls.credentials() if tls is not None else None
+        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
         self._stubs: dict[str, pb_grpc.GRPCInferenceServiceStub] = {}
         self._channels: list[grpc.aio.Channel] = []
         self._breaker_settings = breaker or CLIENT_BREAKER
@@ -114,7 +144,8 @@ class Client:
     def _stub(self, endpoint: str) -> pb_grpc.GRPCInferenceServiceStub:
         stub = self._stubs.get(endpoint)
         if stub is None:
-            channel = grpc.aio.insecure_channel(endpoint, options=self._options)
+            channel = (grpc.aio.insecure_channel(endpoint, options=self._options) if self._credentials is None
+                       else grpc.aio.secure_channel(endpoint, self._credentials, options=self._options))
             self._channels.append(channel)
             stub = self._stubs[endpoint] = pb_grpc.GRPCInferenceServiceStub(channel)
         return stub
@@ -170,13 +201,15 @@ class Client:
             params[PARAM_TIER] = tier
         request = encode_request(model, inputs, version=version, request_id=request_id, outputs=outputs,
                                  parameters=params)
-        reply, endpoint = await self._call(lambda stub, t: stub.ModelInfer(request, timeout=t), timeout_s)
+        reply, endpoint = await self._call(
+            lambda stub, t: stub.ModelInfer(request, timeout=t, metadata=self._metadata), timeout_s)
         return InferResult(model=reply.model_name, version=reply.model_version, outputs=decode_outputs(reply),
                            parameters=decode_parameters(reply.parameters), endpoint=endpoint, id=reply.id)
 
     async def model_metadata(self, model: str, version: str = "", *, timeout_s: float | None = None) -> ModelMetadata:
         request = pb.ModelMetadataRequest(name=model, version=version)
-        reply, _ = await self._call(lambda stub, t: stub.ModelMetadata(request, timeout=t), timeout_s)
+        reply, _ = await self._call(
+            lambda stub, t: stub.ModelMetadata(request, timeout=t, metadata=self._metadata), timeout_s)
         return ModelMetadata(
             name=reply.name, versions=list(reply.versions), platform=reply.platform,
             inputs=[TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in reply.inputs],
@@ -185,16 +218,19 @@ class Client:
 
     async def model_ready(self, model: str, version: str = "", *, timeout_s: float | None = None) -> bool:
         request = pb.ModelReadyRequest(name=model, version=version)
-        reply, _ = await self._call(lambda stub, t: stub.ModelReady(request, timeout=t), timeout_s)
+        reply, _ = await self._call(
+            lambda stub, t: stub.ModelReady(request, timeout=t, metadata=self._metadata), timeout_s)
         return reply.ready
 
     async def server_ready(self, *, timeout_s: float | None = None) -> bool:
-        reply, _ = await self._call(lambda stub, t: stub.ServerReady(pb.ServerReadyRequest(), timeout=t),
+        request = pb.ServerReadyRequest()
+        reply, _ = await self._call(lambda stub, t: stub.ServerReady(request, timeout=t, metadata=self._metadata),
                                     timeout_s)
         return reply.ready
 
     async def server_live(self, *, timeout_s: float | None = None) -> bool:
-        reply, _ = await self._call(lambda stub, t: stub.ServerLive(pb.ServerLiveRequest(), timeout=t),
+        request = pb.ServerLiveRequest()
+        reply, _ = await self._call(lambda stub, t: stub.ServerLive(request, timeout=t, metadata=self._metadata),
                                     timeout_s)
         return reply.live
 

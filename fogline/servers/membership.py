@@ -16,15 +16,18 @@ from collections.abc import Awaitable, Callable
 
 from fogline.adapters.consul.discovery import ConsulDiscovery
 from fogline.adapters.grpc.control import GrpcControlClient
+from fogline.adapters.tls.material import TlsMaterial
 from fogline.core.control.membership import ControlPlane, MembershipLoop
 from fogline.core.control.registry import Load, Member
 
 
-def parent_control(consul: ConsulDiscovery | None, parent: str | None) -> ControlPlane | None:
-    """Consul's control plane with Consul, else the parent master's at ``parent``, else none (stand-alone)."""
+def parent_control(consul: ConsulDiscovery | None, parent: str | None, *, material: TlsMaterial | None = None,
+                   server_name: str | None = None) -> ControlPlane | None:
+    """Consul's control plane with Consul, else the parent master's at ``parent`` (mTLS with
+    ``material``, checking the master's certificate carries ``server_name``), else none (stand-alone)."""
     if consul is not None:
-        return consul.control_plane()
-    return GrpcControlClient(parent) if parent else None
+        return consul.control_plane(grpc_use_tls=material is not None)
+    return GrpcControlClient(parent, material=material, server_name=server_name) if parent else None
 
 
 def join(control: ControlPlane, member: Callable[[], Member], load: Callable[[], Load]) -> MembershipLoop:

@@ -17,17 +17,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fogline.adapters.grpc.control import GrpcControlClient
 from fogline.adapters.grpc.server import bind, create_server, set_serving
 from fogline.adapters.grpc.v2 import LocalBackend, v2_handler
 from fogline.adapters.http import start_http
 from fogline.adapters.metrics import GaugeSample, Metrics
 from fogline.adapters.runtime import Runtime
+from fogline.adapters.tls.credentials import server_credentials
+from fogline.adapters.tls.material import ClientAuth
 from fogline.core.control.membership import MembershipLoop
 from fogline.core.control.registry import Load, Member
+from fogline.core.security.identity import Identity, group_dns_name
 from fogline.core.serving.batching import DynamicBatcher
 from fogline.core.serving.dataplane import LocalDataPlane, ServedModel
 from fogline.core.serving.repository import ModelConfig, load_repository
 from fogline.servers.membership import join, leave_and_stop, parent_control
+from fogline.servers.security import ProcessSecurity, prepare
 from fogline.servers.settings import ProcessSettings
 
 log = logging.getLogger(__name__)
@@ -73,25 +78,48 @@ class ModelServer:
         self.endpoints: dict[str, Any] = {}
         self.dataplane: LocalDataPlane | None = None
         self.membership: MembershipLoop | None = None
+        self.security: ProcessSecurity | None = None
+
+    def identity(self) -> Identity:
+        """What this process's certificate names: ``spiffe://fogline/device/<region>/<id>`` or
+        ``spiffe://fogline/worker/<id>``."""
+        region = self.settings.region if self.service == "device" else ""
+        return Identity(service=self.service, id=self.settings.node_id, region=region)
+
+    def parent_server_name(self) -> str:
+        """The name its master's certificate carries: an edge master of its region, or the cloud master."""
+        return group_dns_name("edge", self.settings.region) if self.service == "device" else group_dns_name("cloud")
 
     async def start(self) -> dict[str, Any]:
         """Load the models, bind and serve, then join the master; the endpoints."""
         s = self.settings
+        self.security = security = await prepare(s, self.identity(), parent_server_name=self.parent_server_name())
         self.dataplane = dataplane = LocalDataPlane(s.node_id, self.tier, self._load_models(),
                                                     fault_delay_s=s.fault_delay_s)
         self.metrics.add_gauges(self._gauges)
 
+        api_keys = None
+        if s.api_keys:
+            from fogline.core.security.apikeys import ApiKeys
+
+            api_keys = ApiKeys(s.api_keys)
         self._server, self._health = create_server(
-            v2_handler(LocalBackend(dataplane, self.server_name), self.metrics),
+            v2_handler(LocalBackend(dataplane, self.server_name), self.metrics, api_keys=api_keys),
             max_message_bytes=s.max_message_bytes)
-        grpc_port = bind(self._server, s.host, s.grpc_port)
-        self._http, http_port = await start_http(self, self.metrics, s.host, s.http_port)  # every port bound first
+        creds = server_credentials(security.material, s.tls.client_auth) if security and s.tls else None
+        grpc_port = bind(self._server, s.host, s.grpc_port, credentials=creds)
+        tls = (security.material, ClientAuth.OPTIONAL) if security else None
+        # every port is bound before anything serves
+        self._http, http_port = await start_http(self, self.metrics, s.host, s.http_port, tls=tls)
         await self._server.start()
         await set_serving(self._health, True)
         advertise = s.advertise_host or s.host
         self.endpoints = {"id": s.node_id, "region": s.region, "grpc": f"{advertise}:{grpc_port}",
                           "http": f"{advertise}:{http_port}"}
-        control = parent_control(s.consul, s.master)
+        control = parent_control(s.consul, s.master, material=security.material if security else None,
+                                 server_name=self.parent_server_name())
+        if security is not None:
+            security.start(renew_with=control if isinstance(control, GrpcControlClient) else None)
         if control is not None:
             self.membership = join(control, self._member, self._load)
         return dict(self.endpoints)
@@ -172,3 +200,5 @@ class ModelServer:
         await set_serving(self._health, False)
         await self._server.stop(self.settings.drain_grace_s)  # refuse new calls, finish running ones
         await self._http.cleanup()
+        if self.security is not None:
+            await self.security.stop()

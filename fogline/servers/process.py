@@ -73,10 +73,13 @@ async def _parent_gone(parent_pid: int, stop: asyncio.Event) -> None:
 
 
 def run(service: Service, ready_file: Path | None = None, parent_pid: int | None = None) -> int:
-    """Serve until told to stop; 0, or 2 after one line on stderr when a port is taken."""
+    """Serve until told to stop; 0, or 2 after one line on stderr when a port is taken or the process
+    cannot start securely (TLS files, enrolment)."""
+    from fogline.servers.security import SecurityError
+
     try:
         asyncio.run(serve(service, ready_file, parent_pid))
-    except PortInUseError as err:
+    except (PortInUseError, SecurityError) as err:
         print(f"fogline: {err}", file=sys.stderr)
         return 2
     return 0

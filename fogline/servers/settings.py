@@ -3,10 +3,13 @@ accepts, how long it drains, and whether it finds its peers through Consul."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from fogline.adapters.consul.discovery import ConsulDiscovery
 from fogline.adapters.grpc.server import DEFAULT_MAX_MESSAGE_BYTES
+from fogline.adapters.tls.material import TlsSettings
 
 
 @dataclass(kw_only=True)
@@ -29,3 +32,31 @@ class ProcessSettings:
     """Find peers through Consul: register there instead of with a parent master; a master also
     finds its children there instead of taking their registrations on the control plane, and reads
     live configuration from Consul KV."""
+    tls: TlsSettings | None = None
+    """Certificate, key and fleet CA: TLS on every server of this process and mTLS to every peer, with
+    identities from the certificates. None: plaintext, only allowed on loopback unless forced
+    (:meth:`plaintext_problem`)."""
+    api_keys: Path | None = None
+    """Keys file: inference then needs ``authorization: Bearer <key>`` (fleet members forwarding excepted)."""
+    join_token: str | None = field(default=None, repr=False)
+    """With ``tls`` whose certificate does not exist yet: enrol with this join token at ``enrol``."""
+    enrol: str | None = None
+    """host:port of the enrolment port of the master that signs this process's certificate."""
+
+    def plaintext_problem(self, *, allowed: bool) -> str | None:
+        """Why this process must not start: plaintext on an address other than loopback, unless
+        ``allowed`` (FOGLINE_ALLOW_INSECURE=1); None if it may."""
+        if self.tls is not None or allowed or is_loopback(self.host):
+            return None
+        return (f"refusing to listen on {self.host} without TLS: give --tls-cert, --tls-key and --tls-ca "
+                "(see docs/security.md), or set FOGLINE_ALLOW_INSECURE=1 to run in plaintext anyway")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only listens on this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -20,6 +20,14 @@ FREE_PORTS = ("--edge-port", "0", "--edge-http-port", "0", "--cloud-port", "0", 
 DEFAULT_PORTS = {"--edge-port": 8001, "--edge-http-port": 8000, "--cloud-port": 8011, "--cloud-http-port": 8010}
 
 
+def client_tls(state: dict[str, Any]) -> Any:
+    """The SDK's TLS for a stack from its state file (None for an ``--insecure`` one)."""
+    from fogline.sdk.client import TLS
+
+    tls = state.get("tls")
+    return TLS(ca=tls["ca"], cert=tls["client_cert"], key=tls["client_key"]) if tls else None
+
+
 def alive(pid: int) -> bool:
     """Whether ``pid`` runs; a zombie (dead, not yet reaped) counts as gone."""
     try:

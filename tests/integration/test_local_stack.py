@@ -42,7 +42,7 @@ def test_fogline_up_infer_and_stop(fogline_up: Up) -> None:
     pids = {m["pid"] for m in members}
     assert len(pids) == 8 and all(alive(pid) for pid in pids)
 
-    topology = get_json(f"http://{cloud['http']}/v1/topology")
+    topology = get_json(f"http://{cloud['http']}/v1/topology", tls=state["tls"])
     for name, region in regions.items():
         [edge] = topology["regions"][name]["edges"]
         assert edge["id"] == region["edge"]["id"] and edge["healthy"]

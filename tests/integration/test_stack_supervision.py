@@ -20,7 +20,7 @@ from fogline.core.escalation.catalog import load_catalog
 from fogline.local import digits
 from fogline.sdk.client import Client, SyncClient
 from tests.integration.loadgen import Load, Reference, check_results, make_inputs
-from tests.integration.stackrun import DEFAULT_PORTS, FREE_PORTS, Up, alive, seed_models
+from tests.integration.stackrun import DEFAULT_PORTS, FREE_PORTS, Up, alive, client_tls, seed_models
 from tests.polling import poll, wait_for
 from tests.processes import get_json
 
@@ -48,8 +48,8 @@ def pids_by_name(state: dict[str, Any]) -> dict[str, int]:
     return {m["id"]: m["pid"] for m in members}
 
 
-def serving_devices(edge_http: str) -> set[str]:
-    return {d["id"] for d in get_json(f"http://{edge_http}/v1/status")["devices"] if d.get("healthy", True)}
+def serving_devices(edge_http: str, tls: dict[str, str] | None) -> set[str]:
+    return {d["id"] for d in get_json(f"http://{edge_http}/v1/status", tls=tls)["devices"] if d.get("healthy", True)}
 
 
 async def test_a_killed_device_is_restarted_and_no_request_fails(stack: Up, reference: Reference) -> None:
@@ -57,7 +57,7 @@ async def test_a_killed_device_is_restarted_and_no_request_fails(stack: Up, refe
     edge = state["regions"]["region-a"]["edge"]
     victim = "region-a-device-1"
     before = pids_by_name(state)
-    async with Client(edge["grpc"], timeout_s=TIMEOUT_S) as client:
+    async with Client(edge["grpc"], timeout_s=TIMEOUT_S, tls=client_tls(state)) as client:
         load = Load(client, INPUTS, concurrency=6, max_requests=100_000, max_seconds=60).start()
         await load.wait_until(lambda lo: {"region-a-device-0", victim} <= set(lo.by_node()), 15,
                               "traffic on both devices of region-a")
@@ -67,7 +67,7 @@ async def test_a_killed_device_is_restarted_and_no_request_fails(stack: Up, refe
 
         def back() -> bool:
             now = pids_by_name(stack.state())
-            return now[victim] != before[victim] and alive(now[victim]) and victim in serving_devices(edge["http"])
+            return now[victim] != before[victim] and alive(now[victim]) and victim in serving_devices(edge["http"], state["tls"])
         await poll(back, 15, f"{victim} to be restarted and registered")
         restarted = time.monotonic()
         await load.wait_until(lambda lo: lo.by_node(since=restarted)[victim] >= 20, 15 - (restarted - killed),
@@ -90,7 +90,7 @@ def test_a_killed_worker_degrades_cascades_meanwhile_and_serves_hard_inputs_agai
     split = digits.load_split(digits_models)
     hard = split.x_test[digits.small_probabilities(digits_models, split.x_test).max(axis=1) < threshold]
     edge = state["regions"]["region-a"]["edge"]
-    with SyncClient(edge["grpc"], timeout_s=TIMEOUT_S) as client:
+    with SyncClient(edge["grpc"], timeout_s=TIMEOUT_S, tls=client_tls(state)) as client:
         assert client.infer("digits", {"input": hard[:1]}).route == "cascade-hard"
         os.kill(state["worker"]["pid"], signal.SIGKILL)
         killed = time.monotonic()
@@ -144,10 +144,10 @@ def start(stacks: list[Up], tmp_path: Path) -> tuple[Up, dict[str, Any]]:
 
 
 def some_traffic(state: dict[str, Any]) -> None:
-    with SyncClient(state["edge"]["grpc"], timeout_s=TIMEOUT_S) as client:
+    with SyncClient(state["edge"]["grpc"], timeout_s=TIMEOUT_S, tls=client_tls(state)) as client:
         for x in INPUTS["mlp"][:5]:
             assert client.infer("mlp", {"input": x}).tier == "device"
-    with SyncClient(state["cloud"]["grpc"], timeout_s=TIMEOUT_S) as client:
+    with SyncClient(state["cloud"]["grpc"], timeout_s=TIMEOUT_S, tls=client_tls(state)) as client:
         assert client.infer("cnn", {"input": INPUTS["cnn"][0]}).outputs["logits"].shape == (1, 10)
 
 

@@ -23,12 +23,14 @@ pytestmark = pytest.mark.integration
 PROBE = Path(__file__).with_name("triton_probe.py")
 
 
-def run_probe(x: np.ndarray, tmp_path: Path, *urls: str) -> dict:
+def run_probe(x: np.ndarray, tmp_path: Path, *urls: str, tls: dict[str, str] | None = None) -> dict:
+    """What tritonclient answered at each of ``urls``; over TLS (ssl=True) with ``tls`` (a state file's)."""
     if importlib.util.find_spec("tritonclient") is None:  # looks, does not import
         pytest.skip("tritonclient[grpc] (a dev dependency) is not installed")
     path = tmp_path / "x.npy"
     np.save(path, x)
-    done = subprocess.run([sys.executable, str(PROBE), "--input", str(path), *urls],
+    flags = ["--ca", tls["ca"], "--cert", tls["client_cert"], "--key", tls["client_key"]] if tls else []
+    done = subprocess.run([sys.executable, str(PROBE), "--input", str(path), *flags, *urls],
                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, f"triton_probe failed ({done.returncode}):\n{done.stderr[-4000:]}"
     return json.loads(done.stdout)

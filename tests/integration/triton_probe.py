@@ -37,8 +37,9 @@ def _output(result: Any) -> tuple[list[Any], bool]:
     return values.tolist(), False
 
 
-def probe(url: str, x: np.ndarray) -> dict[str, Any]:
-    client = triton.InferenceServerClient(url)
+def probe(url: str, x: np.ndarray, tls: dict[str, str] | None = None) -> dict[str, Any]:
+    client = (triton.InferenceServerClient(url) if tls is None else triton.InferenceServerClient(
+        url, ssl=True, root_certificates=tls["ca"], private_key=tls["key"], certificate_chain=tls["cert"]))
     try:
         out: dict[str, Any] = {
             "live": client.is_server_live(),
@@ -72,10 +73,14 @@ def probe(url: str, x: np.ndarray) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--input", required=True, help=".npy file: FP32 [N, 64] input of mlp")
+    parser.add_argument("--ca", help="with --cert and --key: TLS (ssl=True) with these PEM files")
+    parser.add_argument("--cert")
+    parser.add_argument("--key")
     parser.add_argument("urls", nargs="+", help="V2 gRPC endpoints host:port")
     args = parser.parse_args()
     x = np.load(args.input).astype(np.float32)
-    json.dump({url: probe(url, x) for url in args.urls}, sys.stdout)
+    tls = {"ca": args.ca, "cert": args.cert, "key": args.key} if args.ca else None
+    json.dump({url: probe(url, x, tls) for url in args.urls}, sys.stdout)
     return 0
 
 

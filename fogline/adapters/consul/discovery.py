@@ -50,10 +50,11 @@ class ConsulDiscovery:
     """Cap of the backoff between queries while Consul cannot be reached: how soon a master is in
     sync again once it is back."""
 
-    def control_plane(self) -> ConsulControlPlane:
-        """Where this process registers itself."""
+    def control_plane(self, *, grpc_use_tls: bool = False) -> ConsulControlPlane:
+        """Where this process registers itself; ``grpc_use_tls``: its gRPC health check speaks TLS."""
         return ConsulControlPlane(self.consul, check_interval_s=self.check_interval_s,
-                                  deregister_critical_after_s=self.deregister_critical_after_s)
+                                  deregister_critical_after_s=self.deregister_critical_after_s,
+                                  grpc_use_tls=grpc_use_tls)
 
     def watch(self, service: str, on_change: Callable[[list[Member]], None],
               region: str | None = None) -> ServiceWatch:

@@ -29,8 +29,9 @@ class ConsulControlPlane:
 
     def __init__(self, settings: ConsulSettings, *, check_interval_s: float = 2.0, check_timeout_s: float = 1.0,
                  deregister_critical_after_s: float = 60.0, heartbeat_interval_s: float = 5.0,
-                 health_service: str = "", request_timeout_s: float = 5.0) -> None:
+                 health_service: str = "", request_timeout_s: float = 5.0, grpc_use_tls: bool = False) -> None:
         self.settings = settings
+        self.grpc_use_tls = grpc_use_tls
         self.address = settings.url
         self.check_interval_s = check_interval_s
         self.check_timeout_s = check_timeout_s
@@ -52,8 +53,15 @@ class ConsulControlPlane:
     def health_check(self, member: Member) -> dict[str, Any]:
         """The gRPC check the agent runs against ``member`` (py-consul's ``Check.grpc``)."""
         target = f"{member.address}/{self.health_service}" if self.health_service else member.address
-        return consul.Check.grpc(target, _duration(self.check_interval_s), timeout=_duration(self.check_timeout_s),
-                                 deregister=_duration(self.deregister_critical_after_s))
+        check = consul.Check.grpc(target, _duration(self.check_interval_s), timeout=_duration(self.check_timeout_s),
+                                  deregister=_duration(self.deregister_critical_after_s),
+                                  use_tls=True if self.grpc_use_tls else None)
+        if self.grpc_use_tls:
+            # NOTE: the agent checks the member's certificate for the member's own name (its address may be an
+            # IP its certificate does not carry); the agent needs the fleet CA, and a fleet certificate where
+            # the member requires client certificates (docs/security.md).
+            check["TLSServerName"] = f"{member.id}.{member.service}.fogline".lower()
+        return check
 
     async def register(self, member: Member) -> tuple[float, float]:
         """Register (or update) ``member``; returns (heartbeat interval, deregister-critical-after) in s."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -13,11 +13,16 @@ from fogline._proto import control_pb2_grpc as cpb_grpc
 from fogline.adapters.grpc.server import channel_options
 from fogline.adapters.grpc.status import from_rpc_error
 from fogline.adapters.grpc.v2 import abort
+from fogline.adapters.tls.credentials import open_channel, peer_identity, server_tls_channel
+from fogline.adapters.tls.enrolment import Enroller, Issued
+from fogline.adapters.tls.material import TlsMaterial
 from fogline.core.control.registry import EmbeddedRegistry, Load, Member
 from fogline.core.control.topology import TopologyPublisher, TopologySnapshot
 from fogline.core.escalation.catalog import Catalog, CatalogEntry, Placement
 from fogline.core.escalation.hardness import HardnessRule
-from fogline.errors import FoglineError, InternalError
+from fogline.core.security.identity import Identity, IdentityError
+from fogline.core.security.members import MemberRules
+from fogline.errors import FoglineError, InternalError, InvalidInputError, UnavailableError
 
 T = TypeVar("T")
 
@@ -83,68 +88,183 @@ def topology_from_proto(msg: cpb.Topology) -> TopologySnapshot:
                       for w in msg.workers))
 
 
+def _requested_identity(service: str, member_id: str, region: str) -> Identity:
+    try:
+        return Identity(service=service, id=member_id, region=region)
+    except IdentityError as exc:
+        raise InvalidInputError(f"cannot enrol: {exc}") from None
+
+
+def _caller_key(identity: Identity | None, context: grpc.aio.ServicerContext) -> str:
+    """Whom a register rate limit counts: the certificate's identity, else the peer's host."""
+    if identity is not None:
+        return identity.uri
+    peer = context.peer() or ""
+    return peer.rsplit(":", 1)[0]
+
+
 class ControlServicer(cpb_grpc.ControlServicer):
     """Registers children of a master into its embedded registry, whose rules decide who may join;
-    on the cloud master, also streams the topology to edge masters."""
+    on the cloud master, also streams the topology to edge masters.
 
-    def __init__(self, registry: EmbeddedRegistry, *, topology: TopologyPublisher | None = None) -> None:
+    On a TLS control plane every call names its caller in its client certificate, and ``rules``
+    (:class:`~fogline.core.security.members.MemberRules`) hold each member to that identity.
+    ``enroller`` signs certificates for nodes with join tokens (None: this master does not).
+    """
+
+    def __init__(self, registry: EmbeddedRegistry, *, topology: TopologyPublisher | None = None,
+                 rules: MemberRules | None = None, enroller: Enroller | None = None) -> None:
         self.registry = registry
         self.topology = topology
+        self.rules = rules or MemberRules(secure=False)
+        self.enroller = enroller
 
     async def Register(self, request: cpb.RegisterRequest,
                        context: grpc.aio.ServicerContext) -> cpb.RegisterResponse:
-        """Admit the member into the registry; INVALID_ARGUMENT if it may not join."""
+        """Admit the member into the registry: PERMISSION_DENIED unless it is the certificate's,
+        INVALID_ARGUMENT or RESOURCE_EXHAUSTED if it may not join."""
         try:
-            self.registry.admit(member_from_proto(request.member))
+            identity = peer_identity(context)
+            m = request.member
+            self.rules.check_register(identity, service=m.service, member_id=m.id, region=m.region)
+            self.registry.admit(member_from_proto(m), caller=_caller_key(identity, context))
         except FoglineError as exc:
             await abort(context, exc)
         return cpb.RegisterResponse(heartbeat_interval_ms=int(self.registry.heartbeat_interval_s * 1000),
                                     ttl_ms=int(self.registry.ttl_s * 1000))
 
+    def _check_self(self, context: grpc.aio.ServicerContext, member_id: str) -> None:
+        state = self.registry.get(member_id)
+        self.rules.check_self(peer_identity(context), member_id=member_id,
+                              registered_service=state.member.service if state else None)
+
     async def Heartbeat(self, request: cpb.HeartbeatRequest,
                         context: grpc.aio.ServicerContext) -> cpb.HeartbeatResponse:
         """Record the member's load and models; ``known`` is False if it must register again."""
-        load = Load(in_flight=request.load.in_flight, queue_depth=request.load.queue_depth)
-        known = self.registry.heartbeat(request.id, load, request.models or None)
+        try:
+            self._check_self(context, request.id)
+            load = Load(in_flight=request.load.in_flight, queue_depth=request.load.queue_depth)
+            known = self.registry.heartbeat(request.id, load, request.models or None)
+        except FoglineError as exc:
+            await abort(context, exc)
         return cpb.HeartbeatResponse(known=known)
 
     async def Deregister(self, request: cpb.DeregisterRequest,
                          context: grpc.aio.ServicerContext) -> cpb.DeregisterResponse:
         """Drop the member (nothing happens for an unknown one)."""
+        try:
+            self._check_self(context, request.id)
+        except FoglineError as exc:
+            await abort(context, exc)
         self.registry.deregister(request.id)
         return cpb.DeregisterResponse()
 
     async def WatchTopology(self, request: cpb.WatchTopologyRequest,
                             context: grpc.aio.ServicerContext) -> AsyncIterator[cpb.Topology]:
-        """Stream the cloud master's topology; UNIMPLEMENTED on an edge master."""
+        """Stream the cloud master's topology to an edge master; UNIMPLEMENTED on an edge master."""
         if self.topology is None:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED,
                                 "only the cloud master serves a topology; point --cloud at its control address")
             return
-        log.info("edge master %s (region %s) follows the topology", request.watcher_id, request.region)
+        try:
+            self.rules.check_watcher(peer_identity(context), region=request.region)
+        except FoglineError as exc:
+            await abort(context, exc)
+        log.info("edge master %s (region %s) follows the topology", request.watcher_id[:80], request.region[:80])
         async for snapshot in self.topology.updates():
             yield topology_to_proto(snapshot)
 
+    def _enroller(self) -> Enroller:
+        if self.enroller is None:
+            raise UnavailableError("this master does not enrol nodes: the one holding the fleet CA (--ca-dir) "
+                                   "does, and an edge master with --cloud forwards to it")
+        return self.enroller
+
+    async def Enrol(self, request: cpb.EnrolRequest, context: grpc.aio.ServicerContext) -> cpb.Certificate:
+        """Sign a certificate for a node with a join token (or for a device its edge master forwards)."""
+        try:
+            enroller = self._enroller()
+            target = _requested_identity(request.service, request.id, request.region)
+            self.rules.check_forwarding(peer_identity(context), target)
+            if self.registry.get(target.id) is not None:
+                raise InvalidInputError(f"id {target.id!r} is a member already: choose another id for a new node")
+            issued = await enroller.enrol(request.token, target, request.csr)
+        except FoglineError as exc:
+            await abort(context, exc)
+        return cpb.Certificate(certificate=issued.certificate, ca=issued.ca)
+
+    async def Renew(self, request: cpb.RenewRequest, context: grpc.aio.ServicerContext) -> cpb.Certificate:
+        """Sign a fresh certificate for the caller (or for the device its edge master names)."""
+        try:
+            enroller = self._enroller()
+            caller = peer_identity(context)
+            if caller is None:
+                raise self.rules.unauthenticated()
+            target = caller
+            if request.on_behalf_of:
+                try:
+                    target = Identity.parse(request.on_behalf_of)
+                except IdentityError as exc:
+                    raise InvalidInputError(f"on_behalf_of: {exc}") from None
+                self.rules.check_forwarding(caller, target)
+            issued = await enroller.renew(target, request.csr)
+        except FoglineError as exc:
+            await abort(context, exc)
+        return cpb.Certificate(certificate=issued.certificate, ca=issued.ca)
+
 
 class GrpcControlClient:
-    """A child's end of the control plane (implements ``fogline.core.control.membership.ControlPlane``)."""
+    """A child's end of the control plane (implements ``fogline.core.control.membership.ControlPlane``).
 
-    def __init__(self, address: str, *, timeout_s: float = 2.0) -> None:
+    With ``material`` it speaks mTLS, checking that the master's certificate carries ``server_name``
+    (e.g. ``region-a.edge.fogline``: an edge master of this region); when the certificate files
+    change, the next call opens a fresh channel with the new certificate.
+    """
+
+    def __init__(self, address: str, *, timeout_s: float = 2.0, material: TlsMaterial | None = None,
+                 server_name: str | None = None) -> None:
         self.address = address
         self.timeout_s = timeout_s
-        self._channel = grpc.aio.insecure_channel(address, options=channel_options(CONTROL_MAX_MESSAGE_BYTES))
+        self.material = material
+        self.server_name = server_name
+        self._open()
+
+    def _open(self) -> None:
+        self._generation = self.material.generation if self.material else 0
+        self._channel = open_channel(self.address, self.material, server_name=self.server_name,
+                                     options=channel_options(CONTROL_MAX_MESSAGE_BYTES))
         self._stub = cpb_grpc.ControlStub(self._channel)
 
-    async def _call(self, rpc: Callable[..., Awaitable[T]], request: object) -> T:
-        """One unary call; a failed one raises the FoglineError of its status."""
+    async def _fresh(self) -> None:
+        if self.material is not None and self.material.generation != self._generation:
+            old = self._channel
+            self._open()
+            await old.close(grace=self.timeout_s)
+
+    async def _call(self, method: str, request: object) -> Any:
+        """One unary call of the Control service; a failed one raises the FoglineError of its status."""
+        await self._fresh()
+        rpc: Callable[..., Awaitable[T]] = getattr(self._stub, method)
         try:
             return await rpc(request, timeout=self.timeout_s)
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc, peer=f"master {self.address}") from None
 
+    async def enrol(self, token: str, identity: Identity, csr: bytes) -> Issued:
+        """Forward a node's enrolment (an edge master to the cloud master)."""
+        reply = await self._call("Enrol", cpb.EnrolRequest(
+            token=token, service=identity.service, id=identity.id, region=identity.region, csr=csr))
+        return Issued(reply.certificate, reply.ca)
+
+    async def renew(self, csr: bytes, on_behalf_of: Identity | None = None) -> Issued:
+        """A fresh certificate for this process (or, forwarded, for ``on_behalf_of``)."""
+        reply = await self._call("Renew", cpb.RenewRequest(
+            csr=csr, on_behalf_of=on_behalf_of.uri if on_behalf_of else ""))
+        return Issued(reply.certificate, reply.ca)
+
     async def register(self, member: Member) -> tuple[float, float]:
         """Join the master; its (heartbeat interval, ttl) in seconds."""
-        reply = await self._call(self._stub.Register, cpb.RegisterRequest(member=member_to_proto(member)))
+        reply = await self._call("Register", cpb.RegisterRequest(member=member_to_proto(member)))
         return reply.heartbeat_interval_ms / 1000, reply.ttl_ms / 1000
 
     async def heartbeat(self, member_id: str, load: Load, models: list[str]) -> bool:
@@ -152,15 +272,16 @@ class GrpcControlClient:
         request = cpb.HeartbeatRequest(id=member_id, load=cpb.Load(in_flight=load.in_flight,
                                                                    queue_depth=load.queue_depth),
                                        models=models)
-        reply = await self._call(self._stub.Heartbeat, request)
+        reply = await self._call("Heartbeat", request)
         return bool(reply.known)
 
     async def deregister(self, member_id: str) -> None:
         """Leave the master."""
-        await self._call(self._stub.Deregister, cpb.DeregisterRequest(id=member_id))
+        await self._call("Deregister", cpb.DeregisterRequest(id=member_id))
 
     async def watch(self, watcher_id: str, region: str) -> AsyncIterator[TopologySnapshot]:
         """The cloud master's topology stream (implements ``fogline.core.control.topology.TopologySource``)."""
+        await self._fresh()
         call = self._stub.WatchTopology(cpb.WatchTopologyRequest(watcher_id=watcher_id, region=region))
         try:
             async for msg in call:
@@ -173,6 +294,22 @@ class GrpcControlClient:
     async def close(self) -> None:
         """Close the channel to the master."""
         await self._channel.close()
+
+
+async def enrol_at(address: str, ca: bytes, token: str, identity: Identity, csr: bytes, *,
+                   server_name: str | None = None, timeout_s: float = 5.0) -> Issued:
+    """Enrol at a master's enrolment port with a join token, before this process has a certificate:
+    the master is checked against the fleet CA ``ca``, and no client certificate is sent."""
+    channel = server_tls_channel(address, ca, server_name=server_name,
+                                 options=channel_options(CONTROL_MAX_MESSAGE_BYTES))
+    try:
+        reply = await cpb_grpc.ControlStub(channel).Enrol(cpb.EnrolRequest(
+            token=token, service=identity.service, id=identity.id, region=identity.region, csr=csr), timeout=timeout_s)
+    except grpc.aio.AioRpcError as exc:
+        raise from_rpc_error(exc, peer=f"master {address}") from None
+    finally:
+        await channel.close()
+    return Issued(reply.certificate, reply.ca)
 
 
 def add_control(servicer: ControlServicer) -> Callable[[grpc.aio.Server], None]:

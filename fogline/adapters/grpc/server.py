@@ -52,15 +52,19 @@ def create_server(*handlers: grpc.GenericRpcHandler,
     return server, health_servicer
 
 
-def bind(server: grpc.aio.Server, host: str, port: int, *, flag: str = "--grpc-port") -> int:
-    """Listen on host:port (0 = any free port); the port actually bound. A port that is taken raises
-    :class:`PortInUseError` naming ``flag``, the option that picks it.
+def bind(server: grpc.aio.Server, host: str, port: int, *, flag: str = "--grpc-port",
+         credentials: grpc.ServerCredentials | None = None) -> int:
+    """Listen on host:port (0 = any free port), with TLS when ``credentials`` are given; the port
+    actually bound. A port that is taken raises :class:`PortInUseError` naming ``flag``, the option
+    that picks it.
 
     NOTE: grpc listens with SO_REUSEADDR (a restart binds at once over TIME-WAIT sockets) and, with
     ``grpc.so_reuseport`` off, refuses a second live listener."""
     check_port(host, port, flag)
     try:
-        bound = server.add_insecure_port(f"{host}:{port}")
+        address = f"{host}:{port}"
+        bound = (server.add_insecure_port(address) if credentials is None
+                 else server.add_secure_port(address, credentials))
     except RuntimeError:  # grpcio >= 1.5x raises instead of returning 0
         bound = 0
     if bound == 0:

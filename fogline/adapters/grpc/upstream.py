@@ -14,7 +14,10 @@ from fogline._proto import inference_pb2_grpc as pb_grpc
 from fogline.adapters.grpc import wire
 from fogline.adapters.grpc.server import channel_options
 from fogline.adapters.grpc.status import from_rpc_error
+from fogline.adapters.tls.credentials import open_channel
+from fogline.adapters.tls.material import TlsMaterial
 from fogline.core.parameters import PARAM_CODE
+from fogline.core.security.identity import Identity
 from fogline.errors import DeadlineExceededError, ErrorCode, FoglineError, UnavailableError, error_for_code
 
 _INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -24,13 +27,15 @@ T = TypeVar("T")
 
 
 class GrpcUpstream:
-    """Implements ``fogline.core.routing.dispatch.Upstream[bytes, bytes]`` over one long-lived channel."""
+    """Implements ``fogline.core.routing.dispatch.Upstream[bytes, bytes]`` over one long-lived channel:
+    plaintext, or with ``material`` mTLS checking that the server is ``peer``."""
 
-    def __init__(self, address: str, *, max_message_bytes: int, name: str = "") -> None:
+    def __init__(self, address: str, *, max_message_bytes: int, name: str = "", material: TlsMaterial | None = None,
+                 peer: Identity | None = None) -> None:
         self.address = address
         self.name = name or address
         self.max_message_bytes = max_message_bytes  # what the peer accepts: one limit on every tier
-        self._channel = grpc.aio.insecure_channel(address, options=channel_options(max_message_bytes))
+        self._channel = open_channel(address, material, peer=peer, options=channel_options(max_message_bytes))
         self._infer = self._channel.unary_unary(_INFER)  # bytes in, bytes out: no re-encoding
         self.stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
         self._closed = False
@@ -79,8 +84,9 @@ class StreamUpstream(GrpcUpstream):
     of its own instead, untouched: what a client may send never breaks the stream.
     """
 
-    def __init__(self, address: str, *, max_message_bytes: int, name: str = "") -> None:
-        super().__init__(address, max_message_bytes=max_message_bytes, name=name)
+    def __init__(self, address: str, *, max_message_bytes: int, name: str = "", material: TlsMaterial | None = None,
+                 peer: Identity | None = None) -> None:
+        super().__init__(address, max_message_bytes=max_message_bytes, name=name, material=material, peer=peer)
         self._open_stream = self._channel.stream_stream(_STREAM)
         self._stream_call: grpc.aio.StreamStreamCall | None = None
         self._reader: asyncio.Task[None] | None = None

@@ -112,6 +112,13 @@ class EndpointPool(Generic[U]):
     def close(self) -> None:
         self.sync([])
 
+    def reconnect(self) -> None:
+        """Give every endpoint a fresh upstream (new credentials: a rotated certificate); the old ones
+        are closed by the pool's closer, which lets their calls in flight finish."""
+        for endpoint in self.endpoints.values():
+            old, endpoint.upstream = endpoint.upstream, self._make(endpoint.state)
+            self._close(old)
+
     def view(self, keep: Callable[[Endpoint[U]], bool]) -> EndpointPool[U]:
         """The endpoints ``keep`` accepts, as a pool of their own that shares them with this one (so
         outstanding counts and breakers are one). A snapshot: take a new view after each :meth:`sync`;
