@@ -65,6 +65,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     tokens = commands.add_parser("tokens", help="list the active join tokens (never their secret)")
     _ca_flag(tokens)
 
+    revoke = commands.add_parser("revoke", help="refuse an identity every renewal and enrolment from now on "
+                                                "(its certificate dies at its expiry; evict it too)")
+    _ca_flag(revoke)
+    revoke.add_argument("--service", required=True, choices=sorted(SERVICES))
+    revoke.add_argument("--id", required=True)
+    revoke.add_argument("--region", default="", help="its region (edge and device only)")
+
 
 def _ca_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ca", type=Path, required=True, help="the fleet CA's directory (fogline certs init)")
@@ -72,7 +79,7 @@ def _ca_flag(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the ``fogline certs`` subcommand ``args`` names; 2 after one line on stderr if it fails."""
-    commands = {"init": _init, "issue": _issue, "token": _token, "tokens": _tokens}
+    commands = {"init": _init, "issue": _issue, "token": _token, "tokens": _tokens, "revoke": _revoke}
     try:
         return commands[args.certs_command](args)
     except (ValueError, OSError) as err:  # IdentityError, CertificateError, FileExistsError, FileNotFoundError
@@ -127,6 +134,14 @@ def _tokens(args: argparse.Namespace) -> int:
         expires = _iso(dt.datetime.fromtimestamp(t["expires_at"], dt.timezone.utc))
         print(f"{t['id']}  {t['service']:<6}  region={t['region'] or '-'}  uses_left={t['uses_left']}  "
               f"expires {expires}")
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    identity = _identity(args.service, args.id, args.region)
+    _load(args.ca).ledger.revoke(identity.uri)
+    print(f"revoked {identity.uri}: no renewal or enrolment from now on; evict it at its master "
+          "(DELETE /v1/admin/members/<id>) to drop it at once", file=sys.stderr)
     return 0
 
 

@@ -23,7 +23,9 @@ def add_parser(sub: Any) -> None:
     actions = keys.add_subparsers(dest="keys_command", required=True)
     create = actions.add_parser("create", help="make a key, add it to FILE and print it (the only time)")
     create.add_argument("file", type=Path, metavar="FILE", help="the keys file (created, mode 600, if missing)")
-    create.add_argument("--name", required=True, help="who the key is for: logs and metrics show this name")
+    create.add_argument("--name", required=True,
+                        help="who the key is for (shown by `fogline keys list` and in error messages; only the "
+                             "key's hash is stored)")
     create.add_argument("--model", action="append", dest="models", default=[], metavar="M",
                         help="a model the key may use (repeatable; default: every model)")
     listing = actions.add_parser("list", help="show the keys of FILE: names and models")

@@ -58,7 +58,7 @@ async def servers() -> AsyncIterator[dict[str, str]]:
 
 
 async def test_bounded_bodies_and_json_objects_only(servers: dict[str, str]) -> None:
-    addresses = list(servers.values()) + [servers["good"]]
+    addresses = [*servers.values(), servers["good"]]
     got = await asyncio.wait_for(fetch_statuses(addresses, 5.0), 10)
     assert got[servers["good"]] == {"ready": True, "devices": []}
     for name in ("endless", "huge", "text", "deep", "list"):

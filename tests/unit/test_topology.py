@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -192,4 +191,4 @@ def test_with_tls_the_cloud_reads_each_status_verifying_the_member_that_register
     context = client_ssl_context(TinyCA().material(tmp_path, Identity(service="cloud", id="c")))
     addresses, tls = _status_reads(members, context)
     assert addresses == ["h:2", "h:4"] and tls["ssl"] is context
-    assert tls["server_names"] == {"h:2": "e1.edge.fogline", "h:4": "w1.worker.fogline"}
+    assert tls["server_names"] == {"h:2": "e1.a.edge.fogline", "h:4": "w1.worker.fogline"}

@@ -32,10 +32,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fogline.adapters.tls.material import TlsFiles, write_private
 from fogline.core.security.identity import Identity, IdentityError
+from fogline.core.security.ledger import IdentityLedger
 
 CA_CERT = "ca.pem"
 CA_KEY = "ca.key"
 TOKENS = "tokens"
+LEDGER = "identities.json"
 CA_NAME = "Fogline fleet CA"
 CA_VALIDITY = dt.timedelta(days=3652)
 CLOCK_SKEW = dt.timedelta(seconds=60)
@@ -109,14 +111,23 @@ class FleetCA:
         """Where this CA's join tokens are kept (by hash)."""
         return self._directory / TOKENS
 
+    @property
+    def ledger(self) -> IdentityLedger:
+        """The identities this CA has issued certificates to, and those it revoked."""
+        return IdentityLedger(self._directory / LEDGER)
+
     def issue(self, identity: Identity, *, ttl_s: float, hosts: Sequence[str] = (),
               public_key: PublicKey | None = None) -> tuple[bytes, bytes | None]:
         """A leaf certificate for ``identity`` valid ``ttl_s``, also naming ``hosts`` (IP literals or DNS
         names): (cert PEM, key PEM in PKCS8), or (cert PEM, None) for a ``public_key`` brought along."""
         if public_key is not None:
-            return self._leaf(_check_public_key(public_key), identity, ttl_s, hosts), None
+            cert = self._leaf(_check_public_key(public_key), identity, ttl_s, hosts)
+            self.ledger.record(identity.uri)
+            return cert, None
         key = ec.generate_private_key(ec.SECP256R1())
-        return self._leaf(key.public_key(), identity, ttl_s, hosts), _key_pem(key)
+        cert = self._leaf(key.public_key(), identity, ttl_s, hosts)
+        self.ledger.record(identity.uri)
+        return cert, _key_pem(key)
 
     def sign_csr(self, csr_pem: bytes, identity: Identity, *, ttl_s: float) -> bytes:
         """A leaf certificate for ``identity`` and the CSR's key; CertificateError for a CSR that does

@@ -3,20 +3,21 @@
 On the master that holds the fleet CA (``--ca-dir``), :class:`CaEnroller` redeems the token and
 signs the CSR; a master without it forwards to the cloud master's (:class:`ForwardingEnroller`).
 The CA decides the identity from the token (service, region) and the id asked for; it ignores
-whatever names the CSR asks for. An identity enrols once: afterwards it renews with its current
-certificate, so a second token holder cannot take over an id that is already enrolled.
+whatever names the CSR asks for. An identity enrols once, and only if the CA never issued it a
+certificate (by hand or by enrolment, see :class:`~fogline.core.security.ledger.IdentityLedger`):
+afterwards it renews with its current certificate, so a token holder cannot take over an existing
+id. Only fleet members renew (an admin or client certificate expires as issued), and never a
+revoked identity (``fogline certs revoke``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from fogline.adapters.tls.certs import CertificateError, FleetCA
-from fogline.adapters.tls.material import write_private
 from fogline.core.security.identity import Identity
 from fogline.core.security.tokens import JoinTokens
 from fogline.errors import InvalidInputError, PermissionDeniedError
@@ -45,20 +46,13 @@ class Enroller(Protocol):
 
 
 class CaEnroller:
-    """Enrols with the fleet CA in ``ca_dir`` (its join tokens in ``ca_dir/tokens``); issued
-    certificates live ``ttl_s``; enrolled identities are recorded in ``ca_dir/enrolled.json``."""
+    """Enrols with the fleet CA in ``ca_dir`` (its join tokens in ``ca_dir/tokens``, its ledger of
+    identities beside it); the certificates it signs live ``ttl_s``."""
 
     def __init__(self, ca_dir: Path, *, ttl_s: float = DEFAULT_ENROLLED_TTL_S) -> None:
         self.ca = FleetCA.load(Path(ca_dir))
         self.tokens = JoinTokens(self.ca.tokens_dir)
         self.ttl_s = ttl_s
-        self._record = Path(ca_dir) / "enrolled.json"
-
-    def _enrolled(self) -> set[str]:
-        try:
-            return set(json.loads(self._record.read_text()))
-        except (OSError, ValueError):
-            return set()
 
     def _sign(self, identity: Identity, csr: bytes) -> Issued:
         try:
@@ -68,20 +62,26 @@ class CaEnroller:
         return Issued(cert, self.ca.cert_pem)
 
     async def enrol(self, token: str, identity: Identity, csr: bytes) -> Issued:
-        """Redeem ``token`` for ``identity`` and sign; PermissionDeniedError for an enrolled identity."""
-        enrolled = self._enrolled()
-        if identity.uri in enrolled:
-            raise PermissionDeniedError(f"{identity.uri} is enrolled already: it renews with its certificate; "
+        """Redeem ``token`` for ``identity`` and sign; PermissionDeniedError for an identity the CA has
+        issued a certificate to before, or revoked."""
+        ledger = self.ca.ledger
+        if ledger.issued(identity.uri) or ledger.revoked(identity.uri):
+            raise PermissionDeniedError(f"{identity.uri} has had a certificate already: it renews with it; "
                                         "a new node needs an id of its own")
         self._sign(identity, csr)  # NOTE: a bad CSR must not spend a use of the token
         self.tokens.redeem(token, service=identity.service, region=identity.region)
         issued = self._sign(identity, csr)
-        write_private(self._record, json.dumps(sorted(enrolled | {identity.uri})).encode())
+        ledger.record(identity.uri)
         log.info("enrolled %s with a join token", identity.uri)
         return issued
 
     async def renew(self, identity: Identity, csr: bytes) -> Issued:
-        """Sign a fresh certificate for an authenticated member."""
+        """Sign a fresh certificate for an authenticated member; PermissionDeniedError for one that is
+        not a fleet member (admin and client certificates expire as issued) or is revoked."""
+        if not identity.is_member:
+            raise PermissionDeniedError(f"{identity.uri} cannot renew: only fleet members do; issue a new one")
+        if self.ca.ledger.revoked(identity.uri):
+            raise PermissionDeniedError(f"{identity.uri} is revoked: its certificate is not renewed")
         issued = self._sign(identity, csr)
         log.info("renewed the certificate of %s", identity.uri)
         return issued

@@ -5,7 +5,7 @@
 
 A master reads the identity off the peer certificate of each control-plane call
 (:func:`Identity.parse`) and never believes the request alone. Each certificate also carries the
-DNS names :attr:`Identity.dns_names`: ``<id>.<service>.fogline``, which a connection *to* a member
+DNS names :attr:`Identity.dns_names`: ``<id>[.<region>].<service>.fogline``, which a connection *to* a member
 checks the server's certificate against (an address a member registered is only trusted to be that
 member if the server there proves it), and ``[<region>.]<service>.fogline``, with which a child
 checks that its parent is a master of the right service and region.
@@ -25,6 +25,8 @@ MEMBER_SERVICES = frozenset({"cloud", "edge", "device", "worker"})
 
 _NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,61}[A-Za-z0-9])?$")
 NAME_RULE = "1-63 letters, digits, dots or hyphens, starting and ending with a letter or digit"
+_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+LABEL_RULE = "1-63 letters, digits or hyphens, starting and ending with a letter or digit"
 
 
 class IdentityError(ValueError):
@@ -32,9 +34,17 @@ class IdentityError(ValueError):
 
 
 def check_name(kind: str, value: str) -> str:
-    """``value`` if it can be an id or region in an identity; IdentityError saying the rule otherwise."""
+    """``value`` if it can be an id in an identity (a region: :func:`check_label`); IdentityError
+    saying the rule otherwise."""
     if not _NAME.match(value):
         raise IdentityError(f"{kind} {value[:80]!r} is not valid: use {NAME_RULE}")
+    return value
+
+
+def check_label(kind: str, value: str) -> str:
+    """``value`` if it can be a region: one DNS label (no dots, so that names stay unambiguous)."""
+    if not _LABEL.match(value):
+        raise IdentityError(f"{kind} {value[:80]!r} is not valid: use {LABEL_RULE}")
     return value
 
 
@@ -56,7 +66,7 @@ class Identity:
             raise IdentityError(f"service {self.service[:40]!r} is not one of {sorted(SERVICES)}")
         check_name("id", self.id)
         if self.service in REGIONAL:
-            check_name("region", self.region)
+            check_label("region", self.region)
         elif self.region:
             raise IdentityError(f"a {self.service} identity names no region")
 
@@ -68,8 +78,11 @@ class Identity:
 
     @property
     def dns_name(self) -> str:
-        """The name a connection to this member verifies its server certificate against."""
-        return f"{self.id}.{self.service}.{TRUST_DOMAIN}".lower()
+        """The name a connection to this member verifies its server certificate against:
+        ``<id>[.<region>].<service>.fogline``. NOTE: read from the right, the labels are fixed (a region
+        is one label), so no two identities share a name, nor does one share its group's."""
+        middle = f".{self.region}" if self.service in REGIONAL else ""
+        return f"{self.id}{middle}.{self.service}.{TRUST_DOMAIN}".lower()
 
     @property
     def group_dns_name(self) -> str:
