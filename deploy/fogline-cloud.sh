@@ -9,4 +9,6 @@ if [[ -n ${FOGLINE_CATALOG:-} ]]; then
     [[ -f $FOGLINE_CATALOG ]] || FOGLINE_PROBLEMS+=("FOGLINE_CATALOG=$FOGLINE_CATALOG does not exist: the model catalog (TOML)")
     FOGLINE_CMD+=(--catalog "$FOGLINE_CATALOG")
 fi
+fogline_security
+fogline_master_security 8013 8014
 fogline_exec

@@ -12,4 +12,5 @@ if [[ $FOGLINE_DISCOVERY == embedded ]]; then
     FOGLINE_CMD+=(--master "${FOGLINE_EDGE_CONTROL:-}")
 fi
 [[ -z ${FOGLINE_PROVIDERS:-} ]] || FOGLINE_CMD+=(--providers "$FOGLINE_PROVIDERS")
+fogline_security
 fogline_exec

@@ -11,4 +11,6 @@ if [[ $FOGLINE_DISCOVERY == embedded && -n ${FOGLINE_CLOUD_CONTROL:-} ]]; then
     FOGLINE_CMD+=(--cloud "$FOGLINE_CLOUD_CONTROL")
 fi
 [[ -z ${FOGLINE_DEVICE_QUEUE_LIMIT:-} ]] || FOGLINE_CMD+=(--device-queue-limit "$FOGLINE_DEVICE_QUEUE_LIMIT")
+fogline_security
+fogline_master_security 8003 8004
 fogline_exec

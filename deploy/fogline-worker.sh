@@ -14,4 +14,5 @@ case ${FOGLINE_TORCH_DEVICE:-} in
     cpu|cuda) FOGLINE_CMD+=(--device "$FOGLINE_TORCH_DEVICE") ;;
     *) FOGLINE_PROBLEMS+=("FOGLINE_TORCH_DEVICE must be cpu or cuda (or unset: cuda if torch sees a GPU), got '$FOGLINE_TORCH_DEVICE'") ;;
 esac
+fogline_security
 fogline_exec

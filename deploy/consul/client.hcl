@@ -26,9 +26,27 @@ acl {
   }
 }
 
+# Fogline processes with TLS (deploy/README.md, "TLS and credentials") register gRPC health checks over
+# TLS, checking the member's certificate for <id>.<service>.fogline; they require client certificates,
+# so the agent must trust the fleet CA and present a fleet client certificate:
+#   fogline certs issue --ca /etc/fogline/ca --service client --id consul-agent --out /etc/consul.d/fogline/
+#   chown -R consul: /etc/consul.d/fogline
+#   cat /etc/consul.d/consul-agent-ca.pem /etc/consul.d/fogline/ca.pem > /etc/consul.d/ca-bundle.pem
+# With enable_agent_tls_for_checks the agent's checks use its internal-RPC TLS settings (tls.defaults
+# unless tls.internal_rpc overrides them): ca_file/cert_file/key_file below. The certificate is then
+# also what this agent presents to the Consul servers, so where the servers verify incoming RPC
+# (verify_incoming) they would refuse it: keep that off on the servers' internal RPC (gossip
+# encryption and ACLs still apply), or run the members with FOGLINE_CLIENT_AUTH=optional and API keys,
+# when the checks need the fleet CA only. Trust the fleet CA on client agents only, never on servers.
+# enable_agent_tls_for_checks = true
+
 tls {
   defaults {
     ca_file         = "/etc/consul.d/consul-agent-ca.pem"
+    # With Fogline TLS: the Consul CA and the fleet CA, and the fleet client certificate.
+    # ca_file       = "/etc/consul.d/ca-bundle.pem"
+    # cert_file     = "/etc/consul.d/fogline/cert.pem"
+    # key_file      = "/etc/consul.d/fogline/key.pem"
     verify_outgoing = true
   }
   internal_rpc {
