@@ -36,6 +36,15 @@ class Target:
     address: str
     pids: dict[str, int]
     batch_status_url: str | None = None
+    credentials: grpc.ChannelCredentials | None = None
+    """TLS to the target (None: plaintext)."""
+
+    def channel(self) -> grpc.aio.Channel:
+        """A channel to the target: plaintext, or TLS with ``credentials``."""
+        options = channel_options(DEFAULT_MAX_MESSAGE_BYTES)
+        if self.credentials is None:
+            return grpc.aio.insecure_channel(self.address, options=options)
+        return grpc.aio.secure_channel(self.address, self.credentials, options=options)
 
 
 @dataclass(frozen=True)
@@ -123,8 +132,7 @@ async def _observe(target: Target, model: str,
 
 async def run_load(target: Target, request: Request, concurrency: int, window: Window) -> Measurement:
     """Load ``target`` with ``concurrency`` closed-loop clients on one channel; measure one window."""
-    options = channel_options(DEFAULT_MAX_MESSAGE_BYTES)
-    async with grpc.aio.insecure_channel(target.address, options=options) as channel:
+    async with target.channel() as channel:
         call = channel.unary_unary(INFER_METHOD)
         await call(request.payload, timeout=CALL_TIMEOUT_S)  # connected, and the target answers
         start = time.perf_counter() + window.warmup_s

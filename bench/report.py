@@ -431,7 +431,7 @@ def write_section(path: Path, name: str, body: str) -> None:
     path.write_text(document)
 
 
-def keep_sections(old_document: str, new_document: str, names: Sequence[str] = ("cascade", "chaos")) -> str:
+def keep_sections(old_document: str, new_document: str, names: Sequence[str] = ("cascade", "chaos", "tls")) -> str:
     """``new_document`` with the marked sections of ``old_document`` (other benchmarks' results) kept."""
     for name in names:
         section = section_of(old_document, name)
