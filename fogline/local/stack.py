@@ -138,7 +138,8 @@ class LocalStack:
             self._wait_ready(child)
         for region, edge in edges.items():
             self._wait_member(edge["http"], "devices", {f"{region}-device-{d}" for d in range(self.devices)})
-        self._wait_member(cloud["http"], "edges", {e["id"] for e in edges.values()})
+        # NOTE: an edge reports its devices' models in its heartbeats: wait until the cloud has heard them.
+        self._wait_member(cloud["http"], "edges", {e["id"] for e in edges.values()}, frozenset(DEVICE_MODELS))
         self._wait_member(cloud["http"], "workers", {worker.endpoints["id"]})
         return self._write_state()
 
@@ -175,15 +176,17 @@ class LocalStack:
         write_json_atomic(self.state_file, state)
         return state
 
-    def _wait_member(self, http: str, kind: str, ids: set[str]) -> None:
-        """Poll a master's /v1/status until its ``kind`` list holds ``ids``."""
+    def _wait_member(self, http: str, kind: str, ids: set[str], models: frozenset[str] = frozenset()) -> None:
+        """Poll a master's /v1/status until its ``kind`` list holds ``ids``, each of them checked (its
+        health check passed: it takes traffic) and serving ``models``."""
         deadline = time.monotonic() + START_TIMEOUT_S
         seen: set[str] = set()
         context = self._status_context()
         scheme = "https" if context else "http"
         while time.monotonic() < deadline and not self._stop.is_set():
             with urllib.request.urlopen(f"{scheme}://{http}/v1/status", timeout=2, context=context) as reply:
-                seen = {m["id"] for m in json.load(reply)[kind]}
+                seen = {m["id"] for m in json.load(reply)[kind]
+                        if m.get("checked", True) and models <= set(m.get("models", ()))}
             if ids <= seen:
                 return
             time.sleep(0.05)

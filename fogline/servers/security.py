@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from typing import Protocol
 
 from fogline.adapters.grpc.control import enrol_at
-from fogline.adapters.tls.certs import identity_of, make_csr, not_after, not_before
+from fogline.adapters.tls.certs import CLOCK_SKEW, identity_of, make_csr, not_after, not_before
 from fogline.adapters.tls.enrolment import Issued
 from fogline.adapters.tls.material import TlsMaterial, TlsSettings, write_private
 from fogline.core.control.backoff import Backoff
@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 RENEW_AT_FRACTION = 2 / 3
 """A certificate is renewed once this share of its lifetime has passed."""
+MIN_RENEW_INTERVAL_S = 1.0
+"""The least time between two renewals, whatever a certificate's lifetime: no certificate can make a hot loop."""
 
 
 class SecurityError(RuntimeError):
@@ -116,7 +118,9 @@ class ProcessSecurity:
     def renew_due_in_s(self) -> float:
         """Seconds until the current certificate should be renewed (≤ 0: now)."""
         cert = self.material.pem.cert
-        start, end = not_before(cert).timestamp(), not_after(cert).timestamp()
+        # NOTE: the CA back-dates not_before by its clock-skew allowance; the lifetime counts from issue.
+        end = not_after(cert).timestamp()
+        start = min(not_before(cert).timestamp() + CLOCK_SKEW.total_seconds(), end)
         return start + (end - start) * RENEW_AT_FRACTION - time.time()
 
     async def renew_once(self, renewer: Renewer) -> None:
@@ -133,7 +137,7 @@ class ProcessSecurity:
     async def _renew_loop(self, renewer: Renewer) -> None:
         backoff = Backoff(initial_s=0.5, max_s=30.0)
         while True:
-            await asyncio.sleep(max(0.0, self.renew_due_in_s()))
+            await asyncio.sleep(max(MIN_RENEW_INTERVAL_S, self.renew_due_in_s()))
             try:
                 await self.renew_once(renewer)
                 backoff.reset()

@@ -255,10 +255,13 @@ async def test_a_fleet_member_forwarding_needs_no_key(mtls: tuple[str, TinyCA], 
         await call.done_writing()
 
 
-async def test_a_certificate_that_is_not_a_members_still_needs_a_key(mtls: tuple[str, TinyCA], keys: Keys,
-                                                                     tmp_path: Path) -> None:
+@pytest.mark.parametrize("who", [Identity(service="client", id="app"),
+                                 Identity(service="device", region="r", id="stolen")],  # forwards nothing
+                         ids=["client", "device"])
+async def test_a_certificate_that_is_not_a_masters_still_needs_a_key(mtls: tuple[str, TinyCA], keys: Keys,
+                                                                     tmp_path: Path, who: Identity) -> None:
     address, ca = mtls
-    user = ca.material(tmp_path / "user", Identity(service="client", id="app"))
+    user = ca.material(tmp_path / "user", who)
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await mtls_infer(address, user, "mlp")
     assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED

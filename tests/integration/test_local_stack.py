@@ -59,7 +59,7 @@ def test_fogline_up_infer_and_stop(fogline_up: Up) -> None:
     assert "tier=device" in through_edge and "route=placement" in through_edge, through_edge
     assert any(f"node={d['id']}" in through_edge for d in regions["region-a"]["devices"]), through_edge
     assert "logits float32 [1, 10]" in through_edge, through_edge
-    through_cloud = infer("--url", cloud["grpc"], "--model", "digits-small")
+    through_cloud = infer("--url", cloud["grpc"], "--state", str(state_file), "--model", "digits-small")
     assert "tier=device" in through_cloud and "probs float32 [1, 10]" in through_cloud, through_cloud
     cascade = infer("--state", str(state_file), "--model", "digits")
     assert "model digits " in cascade and "route=cascade-" in cascade, cascade

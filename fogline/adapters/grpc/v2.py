@@ -176,8 +176,8 @@ class V2Servicer:
     endpoints. A refused inference is counted in ``metrics`` under its model's label only if that model
     is served (else ``_unknown``): callers without a key add no label values.
 
-    A call whose client certificate names a fleet member (an edge master forwarding to a device node, a
-    cloud master to a worker) needs no key: it forwards requests on behalf of callers the tier they
+    A call whose client certificate names a master of the fleet (an edge master forwarding to a device
+    node or a worker, a cloud master to an edge) needs no key: it forwards requests on behalf of callers the tier they
     entered at has checked. NOTE: only the tier that faces callers holds their keys; members never
     forward a caller's metadata. Without ``api_keys`` the handlers are those of an open server, with no
     check of any kind on their path.
@@ -339,10 +339,15 @@ def _authorization(context: grpc.aio.ServicerContext) -> str | None:
     return None
 
 
+FORWARDERS = frozenset({"edge", "cloud"})
+"""The services that forward callers' requests (the masters): their calls need no API key."""
+
+
 def _from_member(context: grpc.aio.ServicerContext) -> bool:
-    """Whether the call's client certificate names a member of the fleet (see :class:`V2Servicer`)."""
+    """Whether the call's client certificate names a master of the fleet forwarding requests (see
+    :class:`V2Servicer`); a device or worker certificate forwards nothing and gets no exemption."""
     identity = peer_identity(context)
-    return identity is not None and identity.is_member
+    return identity is not None and identity.service in FORWARDERS
 
 
 class _Stream:
