@@ -27,7 +27,7 @@ acl {
 }
 
 # Fogline processes with TLS (deploy/README.md, "TLS and credentials") register gRPC health checks over
-# TLS, checking the member's certificate for <id>.<service>.fogline; they require client certificates,
+# TLS, checking the member's certificate for <id>[.<region>].<service>.fogline; they require client certificates,
 # so the agent must trust the fleet CA and present a fleet client certificate:
 #   fogline certs issue --ca /etc/fogline/ca --service client --id consul-agent --out /etc/consul.d/fogline/
 #   chown -R consul: /etc/consul.d/fogline

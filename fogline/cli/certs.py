@@ -4,6 +4,7 @@
     fogline certs issue --ca DIR --service edge --region eu-1 --id edge-a --host 10.0.0.5 --out OUTDIR
     fogline certs token --ca DIR --service device --region eu-1 --ttl 1h [--uses N]
     fogline certs tokens --ca DIR
+    fogline certs revoke --ca DIR --service device --region eu-1 --id dev-7
 
 ``token`` prints only the token on stdout, so that a script can capture it; all else goes to stderr.
 """

@@ -12,6 +12,7 @@ import consul.aio
 
 from fogline.adapters.consul.client import ConsulSettings, _duration, call_consul, member_to_service, open_client
 from fogline.core.control.registry import Load, Member
+from fogline.core.security.identity import REGIONAL, Identity
 
 T = TypeVar("T")
 
@@ -60,7 +61,9 @@ class ConsulControlPlane:
             # NOTE: the agent checks the member's certificate for the member's own name (its address may be an
             # IP its certificate does not carry); the agent needs the fleet CA, and a fleet certificate where
             # the member requires client certificates (docs/security.md).
-            check["TLSServerName"] = f"{member.id}.{member.service}.fogline".lower()
+            regional = member.service in REGIONAL
+            name = Identity(service=member.service, id=member.id, region=member.region if regional else "").dns_name
+            check["TLSServerName"] = name
         return check
 
     async def register(self, member: Member) -> tuple[float, float]:

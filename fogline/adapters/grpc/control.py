@@ -126,17 +126,21 @@ class ControlServicer(cpb_grpc.ControlServicer):
         try:
             identity = peer_identity(context)
             m = request.member
-            self.rules.check_register(identity, service=m.service, member_id=m.id, region=m.region)
+            self.rules.check_register(identity, service=m.service, member_id=m.id, region=m.region,
+                                      holder=self._holder(m.id))
             self.registry.admit(member_from_proto(m), caller=_caller_key(identity, context))
         except FoglineError as exc:
             await abort(context, exc)
         return cpb.RegisterResponse(heartbeat_interval_ms=int(self.registry.heartbeat_interval_s * 1000),
                                     ttl_ms=int(self.registry.ttl_s * 1000))
 
-    def _check_self(self, context: grpc.aio.ServicerContext, member_id: str) -> None:
+    def _holder(self, member_id: str) -> tuple[str, str] | None:
+        """(service, region) of the member registered as ``member_id``; None if there is none."""
         state = self.registry.get(member_id)
-        self.rules.check_self(peer_identity(context), member_id=member_id,
-                              registered_service=state.member.service if state else None)
+        return (state.member.service, state.member.region) if state else None
+
+    def _check_self(self, context: grpc.aio.ServicerContext, member_id: str) -> None:
+        self.rules.check_self(peer_identity(context), member_id=member_id, registered=self._holder(member_id))
 
     async def Heartbeat(self, request: cpb.HeartbeatRequest,
                         context: grpc.aio.ServicerContext) -> cpb.HeartbeatResponse:

@@ -19,8 +19,9 @@ from typing import Protocol
 
 from fogline.adapters.tls.certs import CertificateError, FleetCA
 from fogline.core.security.identity import Identity
+from fogline.core.security.ledger import IdentityLedger
 from fogline.core.security.tokens import JoinTokens
-from fogline.errors import InvalidInputError, PermissionDeniedError
+from fogline.errors import InvalidInputError, PermissionDeniedError, UnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class CaEnroller:
     async def enrol(self, token: str, identity: Identity, csr: bytes) -> Issued:
         """Redeem ``token`` for ``identity`` and sign; PermissionDeniedError for an identity the CA has
         issued a certificate to before, or revoked."""
-        ledger = self.ca.ledger
+        ledger = self._ledger()
         if ledger.issued(identity.uri) or ledger.revoked(identity.uri):
             raise PermissionDeniedError(f"{identity.uri} has had a certificate already: it renews with it; "
                                         "a new node needs an id of its own")
@@ -80,11 +81,22 @@ class CaEnroller:
         not a fleet member (admin and client certificates expire as issued) or is revoked."""
         if not identity.is_member:
             raise PermissionDeniedError(f"{identity.uri} cannot renew: only fleet members do; issue a new one")
-        if self.ca.ledger.revoked(identity.uri):
+        ledger = self._ledger()
+        if ledger.revoked(identity.uri):
             raise PermissionDeniedError(f"{identity.uri} is revoked: its certificate is not renewed")
         issued = self._sign(identity, csr)
+        ledger.record(identity.uri)  # NOTE: one issued before the ledger existed is known from now on
         log.info("renewed the certificate of %s", identity.uri)
         return issued
+
+    def _ledger(self) -> IdentityLedger:
+        """The CA's ledger, checked readable: UnavailableError (the operator's to fix) if it is not."""
+        ledger = self.ca.ledger
+        try:
+            ledger.revoked("")
+        except ValueError as exc:
+            raise UnavailableError(f"enrolment is unavailable: {exc}") from None
+        return ledger
 
 
 class EnrolClient(Protocol):

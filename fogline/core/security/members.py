@@ -31,12 +31,17 @@ class MemberRules:
             raise self.unauthenticated()
         return identity
 
-    def check_register(self, identity: Identity | None, *, service: str, member_id: str, region: str) -> None:
+    def check_register(self, identity: Identity | None, *, service: str, member_id: str, region: str,
+                       holder: tuple[str, str] | None = None) -> None:
         """PermissionDeniedError unless the certificate names this service, id and (for a regional
-        service) region."""
+        service) region, and the id is not held by a member of another service or region (``holder``:
+        the registered member's (service, region), if any)."""
         who = self._require(identity)
         if who is None:
             return
+        if holder is not None and (holder[0] != who.service or (who.region and holder[1] != who.region)):
+            raise PermissionDeniedError(f"id {member_id[:80]!r} is held by a {holder[0]} of region {holder[1]!r} "
+                                        "here: members of one master need distinct ids")
         if who.service != service:
             raise PermissionDeniedError(f"the certificate names a {who.service} ({who.uri}); "
                                         f"it cannot register as a {service[:40]!r}")
@@ -47,12 +52,14 @@ class MemberRules:
             raise PermissionDeniedError(f"the certificate names region {who.region!r}; it cannot register in "
                                         f"region {region[:80]!r}")
 
-    def check_self(self, identity: Identity | None, *, member_id: str, registered_service: str | None) -> None:
-        """PermissionDeniedError unless the caller is the member ``member_id`` (as registered, when it is)."""
+    def check_self(self, identity: Identity | None, *, member_id: str, registered: tuple[str, str] | None) -> None:
+        """PermissionDeniedError unless the caller is the member ``member_id`` (as registered: its
+        (service, region), when it is)."""
         who = self._require(identity)
         if who is None:
             return
-        if who.id != member_id or (registered_service is not None and who.service != registered_service):
+        if who.id != member_id or (registered is not None and (who.service != registered[0]
+                                                                or (who.region and who.region != registered[1]))):
             raise PermissionDeniedError(f"the certificate names {who.uri}; it may only act for itself, "
                                         f"not for member {member_id[:80]!r}")
 
