@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 EXTRAS ?= cpu,cloud,dev
 
-.PHONY: install up test lint bench bench-cascade bench-chaos protos
+.PHONY: install up test lint bench bench-cascade bench-chaos bench-tls protos
 
 install: $(VENV)/.installed
 
@@ -32,6 +32,10 @@ bench: install
 	$(PY) -m bench
 	$(PY) -m bench.cascade
 	$(PY) -m bench.chaos
+	$(PY) -m bench.tls
+
+bench-tls: install
+	$(PY) -m bench.tls
 
 bench-cascade: install
 	$(PY) -m bench.cascade

@@ -55,10 +55,12 @@ def consul_binary() -> str | None:
 
 
 @contextlib.asynccontextmanager
-async def standin_agent(*, acl_token: str | None = None) -> AsyncIterator[ConsulAgent]:
-    """A stand-in with fast checks: 50 ms minimum interval, 200 ms minimum deregister-after, reaper every 50 ms."""
+async def standin_agent(*, acl_token: str | None = None,
+                        agent_tls: tuple[bytes, bytes, bytes] | None = None) -> AsyncIterator[ConsulAgent]:
+    """A stand-in with fast checks: 50 ms minimum interval, 200 ms minimum deregister-after, reaper every 50 ms;
+    ``agent_tls``: the (CA, certificate, key) its TLS checks present."""
     standin = ConsulStandIn(acl_token=acl_token, min_check_interval_s=0.05, min_deregister_after_s=0.2,
-                            reap_interval_s=0.05)
+                            reap_interval_s=0.05, agent_tls=agent_tls)
     await standin.start()
     try:
         yield ConsulAgent(address=standin.address, token=acl_token, standin=standin)

@@ -98,6 +98,7 @@ class _Check:
     ttl_s: float = 0.0
     grpc: str = ""
     grpc_use_tls: bool = False
+    tls_server_name: str = ""
     deregister_after_s: float | None = None
     create_index: int = 0
     modify_index: int = 0
@@ -137,8 +138,12 @@ class ConsulStandIn:
 
     def __init__(self, *, acl_token: str | None = None, datacenter: str = "dc1", node: str = "standin",
                  min_check_interval_s: float = 1.0, min_deregister_after_s: float = 60.0,
-                 reap_interval_s: float = 30.0, rng: random.Random | None = None) -> None:
+                 reap_interval_s: float = 30.0, rng: random.Random | None = None,
+                 agent_tls: tuple[bytes, bytes, bytes] | None = None) -> None:
         self.acl_token = acl_token
+        self.agent_tls = agent_tls
+        """(CA, certificate, key) PEM the agent's TLS checks use, as a real agent's ``tls.defaults`` with
+        ``enable_agent_tls_for_checks``; None: the system CAs and no client certificate."""
         self.datacenter = datacenter
         self.node = node
         self.min_check_interval_s = min_check_interval_s
@@ -366,7 +371,8 @@ class ConsulStandIn:
             check = _Check(id=check_id, name=d.get("name") or f"Service '{service.name}' check",
                            service_id=service.id, service_name=service.name, kind="ttl" if d.get("ttl") else "grpc",
                            status=status, notes=d.get("notes") or "", grpc=d.get("grpc") or "",
-                           grpc_use_tls=bool(d.get("grpcusetls")), ttl_s=parse_duration(d.get("ttl") or 0),
+                           grpc_use_tls=bool(d.get("grpcusetls")), tls_server_name=d.get("tlsservername") or "",
+                           ttl_s=parse_duration(d.get("ttl") or 0),
                            interval_s=parse_duration(d.get("interval") or 0),
                            timeout_s=parse_duration(d.get("timeout") or "10s"))
             after = d.get("deregistercriticalserviceafter")
@@ -453,15 +459,19 @@ class ConsulStandIn:
     async def _run_grpc(self, check: _Check) -> None:
         await asyncio.sleep(self._rng.uniform(0, check.interval_s))  # Consul staggers a check's first run
         while True:
-            status, output = await self._probe(check)
+            status, output = await self._probe(check, self.agent_tls)
             self._update_check(check, status, output)
             await asyncio.sleep(check.interval_s)
 
     @staticmethod
-    async def _probe(check: _Check) -> tuple[str, str]:
+    async def _probe(check: _Check, agent_tls: tuple[bytes, bytes, bytes] | None) -> tuple[str, str]:
         target, _, service = check.grpc.partition("/")
-        channel = (grpc.aio.secure_channel(target, grpc.ssl_channel_credentials()) if check.grpc_use_tls
-                   else grpc.aio.insecure_channel(target))
+        if check.grpc_use_tls:
+            ca, cert, key = agent_tls or (None, None, None)
+            options = [("grpc.ssl_target_name_override", check.tls_server_name)] if check.tls_server_name else []
+            channel = grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(ca, key, cert), options=options)
+        else:
+            channel = grpc.aio.insecure_channel(target)
         try:
             reply = await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=check.timeout_s)

@@ -379,3 +379,47 @@ async def test_acl_token_works_and_its_absence_or_a_wrong_one_says_what_to_fix(c
     assert not blind.connected and "does not know the ACL token" in blind.last_error
     for text in (str(failure.value), blind.last_error, *(r.getMessage() for r in caplog.records), repr(wrong)):
         assert SECRET not in text and ACL_TOKEN not in text
+
+
+# --- TLS checks ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("agent_has_a_fleet_certificate", [True, False], ids=["fleet-cert", "no-cert"])
+async def test_a_tls_members_check_speaks_tls_to_its_own_name(tmp_path, closing,
+                                                              agent_has_a_fleet_certificate: bool) -> None:
+    """With TLS, the member asks Consul for a TLS check (GRPCUseTLS) naming its own certificate name
+    (TLSServerName); an agent with the fleet CA and a fleet client certificate passes it, one without
+    cannot even connect (the member requires client certificates)."""
+    from fogline.adapters.tls.certs import FleetCA, write_identity
+    from fogline.adapters.tls.credentials import server_credentials
+    from fogline.adapters.tls.material import ClientAuth, TlsMaterial
+    from fogline.core.security.identity import Identity
+    from tests.consul_fixture import standin_agent
+
+    ca = FleetCA.init(tmp_path / "ca")
+    device = Identity(service="device", id="d1", region="r")
+    cert, key = ca.issue(device, ttl_s=600)  # no IP SAN: only its name matches
+    material = TlsMaterial(write_identity(tmp_path / "d1", cert, key or b"", ca.cert_pem))
+    agent_cert, agent_key = ca.issue(Identity(service="client", id="consul-agent"), ttl_s=600)
+    server, servicer = create_server()
+    port = bind(server, "127.0.0.1", 0, credentials=server_credentials(material, ClientAuth.REQUIRE))
+    await server.start()
+    await set_serving(servicer, True)
+    agent_tls = (ca.cert_pem, agent_cert, agent_key or b"") if agent_has_a_fleet_certificate else None
+    try:
+        async with standin_agent(agent_tls=agent_tls) as agent:
+            plane = control(agent, closing, grpc_use_tls=True)
+            check = plane.health_check(member("d1", f"127.0.0.1:{port}", service="device"))
+            assert check["grpc_use_tls"] is True and check["TLSServerName"] == device.dns_name  # py-consul spells it so
+            await plane.register(member("d1", f"127.0.0.1:{port}", service="device"))
+            consul_client = await client(agent, closing)
+
+            want = "passing" if agent_has_a_fleet_certificate else "critical"
+
+            async def reached() -> bool:
+                _, entries = await consul_client.health.service("fogline-device")
+                return [c["Status"] for e in entries for c in e["Checks"] if c["ServiceID"] == "d1"] == [want]
+
+            await until(reached, 3.0, f"the member's TLS check to be {want}")
+    finally:
+        await server.stop(None)

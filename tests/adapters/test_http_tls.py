@@ -12,7 +12,6 @@ import socket
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -28,6 +27,7 @@ from fogline.adapters.metrics import Metrics
 from fogline.adapters.tls.http import client_ssl_context, peer_identity_of, server_ssl_context
 from fogline.adapters.tls.material import ClientAuth, TlsFiles, TlsMaterial, write_private
 from fogline.core.security.identity import Identity
+from tests.adapters.test_http_hygiene import Source
 
 SERVER = Identity(service="edge", region="r", id="edge-r")
 CLIENT = Identity(service="device", region="r", id="d1")
@@ -108,16 +108,6 @@ def peer_serial(port: int, context: ssl.SSLContext, server_name: str) -> int:
         der = tls.getpeercert(binary_form=True)
     assert der is not None
     return x509.load_der_x509_certificate(der).serial_number
-
-
-class Source:
-    """A status source that is always ready."""
-
-    def readiness(self) -> tuple[bool, str]:
-        return True, ""
-
-    def status(self) -> dict[str, Any]:
-        return {"tier": "test"}
 
 
 @pytest.fixture

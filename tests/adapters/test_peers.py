@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -25,6 +25,13 @@ async def endless(request: web.Request) -> web.StreamResponse:
         await reply.write(b'"x",' * 8192)
 
 
+def answering(reply: Callable[[], web.StreamResponse]) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """A handler answering ``reply()``."""
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return reply()
+    return handle
+
+
 async def routes(app_routes: dict) -> tuple[web.AppRunner, str]:
     app = web.Application()
     for path, handler in app_routes.items():
@@ -42,12 +49,12 @@ async def servers() -> AsyncIterator[dict[str, str]]:
     made = {}
     runners = []
     for name, handler in {
-        "good": lambda r: web.json_response({"ready": True, "devices": []}),
+        "good": answering(lambda: web.json_response({"ready": True, "devices": []})),
         "endless": endless,
-        "huge": lambda r: web.Response(body=b" " * (2 * 1024 * 1024) + b"{}", content_type="application/json"),
-        "text": lambda r: web.Response(text='{"ready": true}', content_type="text/plain"),
-        "deep": lambda r: web.Response(body=b"[" * 200_000 + b"]" * 200_000, content_type="application/json"),
-        "list": lambda r: web.json_response([1, 2]),
+        "huge": answering(lambda: web.Response(body=b" " * (2 * 1024 * 1024) + b"{}", content_type="application/json")),
+        "text": answering(lambda: web.Response(text='{"ready": true}', content_type="text/plain")),
+        "deep": answering(lambda: web.Response(body=b"[" * 200_000 + b"]" * 200_000, content_type="application/json")),
+        "list": answering(lambda: web.json_response([1, 2])),
     }.items():
         runner, address = await routes({"/v1/status": handler})
         runners.append(runner)

@@ -9,6 +9,8 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,19 @@ def seed_models(workdir: Path, *repositories: Path) -> None:
                 shutil.copytree(entry, target, dirs_exist_ok=True)
             else:
                 shutil.copy2(entry, target)
+
+
+@contextmanager
+def running_stack(root: Path, *repositories: Path, flags: tuple[str, ...] = FREE_PORTS) -> Iterator[Up]:
+    """A ``fogline up`` in ``root/stack`` (``flags``: free ports), seeded with already built
+    ``repositories``, up and running for the block; whatever is left of it is killed after."""
+    seed_models(root / "stack", *repositories)
+    up = Up(root / "stack", root / "up.log", *flags)
+    try:
+        up.wait_up()
+        yield up
+    finally:
+        up.cleanup()
 
 
 class Up:

@@ -49,8 +49,8 @@ from tests.integration.attacker import (
     presented_serial,
 )
 from tests.integration.loadgen import ATOL, RTOL, Load, Reference, check_results, make_inputs
-from tests.integration.stackrun import FREE_PORTS, Up, client_tls, seed_models
-from tests.integration.test_tritonclient import run_probe
+from tests.integration.stackrun import Up, client_tls, running_stack
+from tests.integration.test_tritonclient import mlp_answers, run_probe
 from tests.polling import poll, until, wait_for
 from tests.processes import ProcessGroup, get_json
 
@@ -113,14 +113,8 @@ def secrets() -> Secrets:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, sample_models: Path, digits_models: Path) -> Iterator[Up]:
     """One secure ``fogline up`` on free ports, with the models already built."""
-    root = tmp_path_factory.mktemp("secure-stack")
-    seed_models(root / "stack", sample_models, digits_models)
-    up = Up(root / "stack", root / "up.log", *FREE_PORTS)
-    try:
-        up.wait_up()
+    with running_stack(tmp_path_factory.mktemp("secure-stack"), sample_models, digits_models) as up:
         yield up
-    finally:
-        up.cleanup()
 
 
 def processes_of(state: dict[str, Any]) -> list[dict[str, Any]]:
@@ -248,26 +242,14 @@ def test_tritonclient_over_tls_against_edge_device_and_cloud(stack: Up, referenc
     region_a = {d["id"] for d in state["regions"]["region-a"]["devices"]}
     for url, answer in answers.items():
         where = {edge: "edge master", device: "device node", cloud: "cloud master"}[url]
-        assert answer["live"] is True and answer["ready"] is True and answer["model_ready"] is True, (where, answer)
-        meta = answer["metadata"]
-        assert meta["name"] == "mlp" and meta["versions"] == ["1"], (where, meta)
-        assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}], (where, meta)
-        assert meta["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}], (where, meta)
-        for kind in ("binary", "typed"):
-            reply = answer[kind]
-            assert reply["model_name"] == "mlp", (where, kind)
-            got = np.array(reply["output"], dtype=np.float32)
-            assert got.shape == (2, 10), (where, kind, got.shape)
-            np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL, err_msg=f"{kind} infer via {where}")
-            assert reply["raw_reply"] is (kind == "binary"), (where, kind)
-            params = reply["parameters"]
-            assert params["fogline.tier"] == "device", (where, kind, params)
+        for params in mlp_answers(answer, expected, where):
+            assert params["fogline.tier"] == "device", (where, params)
             if url == device:
-                assert params["fogline.node"] == state["devices"][0]["id"], (where, kind, params)
+                assert params["fogline.node"] == state["devices"][0]["id"], (where, params)
             elif url == edge:
                 assert params["fogline.node"] in region_a and params["fogline.route"] == "placement", (where, params)
             else:
-                assert params["fogline.node"] in every_device, (where, kind, params)
+                assert params["fogline.node"] in every_device, (where, params)
 
 
 # --- 3. The attacks, under traffic -----------------------------------------------------------------

@@ -20,7 +20,7 @@ from fogline.core.escalation.catalog import load_catalog
 from fogline.local import digits
 from fogline.sdk.client import Client, SyncClient
 from tests.integration.loadgen import Load, Reference, check_results, make_inputs
-from tests.integration.stackrun import DEFAULT_PORTS, FREE_PORTS, Up, alive, client_tls, seed_models
+from tests.integration.stackrun import DEFAULT_PORTS, Up, alive, client_tls, running_stack, seed_models
 from tests.polling import poll, wait_for
 from tests.processes import get_json
 
@@ -32,14 +32,8 @@ TIMEOUT_S = 5.0
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, sample_models: Path, digits_models: Path) -> Iterator[Up]:
-    root = tmp_path_factory.mktemp("supervised")
-    seed_models(root / "stack", sample_models, digits_models)
-    up = Up(root / "stack", root / "up.log", *FREE_PORTS)
-    try:
-        up.wait_up()
+    with running_stack(tmp_path_factory.mktemp("supervised"), sample_models, digits_models) as up:
         yield up
-    finally:
-        up.cleanup()
 
 
 def pids_by_name(state: dict[str, Any]) -> dict[str, int]:

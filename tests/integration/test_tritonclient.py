@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -36,6 +37,27 @@ def run_probe(x: np.ndarray, tmp_path: Path, *urls: str, tls: dict[str, str] | N
     return json.loads(done.stdout)
 
 
+def mlp_answers(answer: dict[str, Any], expected: np.ndarray, where: str) -> list[dict[str, Any]]:
+    """Check what tritonclient got from one endpoint for ``mlp`` (live, ready, metadata, the binary and
+    the typed inference equal to ``expected``, each answered in kind); the parameters of both replies."""
+    assert answer["live"] is True and answer["ready"] is True and answer["model_ready"] is True, (where, answer)
+    meta = answer["metadata"]
+    assert meta["name"] == "mlp" and meta["versions"] == ["1"], (where, meta)
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}], (where, meta)
+    assert meta["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}], (where, meta)
+    parameters = []
+    for kind in ("binary", "typed"):
+        reply = answer[kind]
+        assert reply["model_name"] == "mlp", (where, kind)
+        got = np.array(reply["output"], dtype=np.float32)
+        assert got.shape == expected.shape, (where, kind, got.shape)
+        np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL, err_msg=f"{kind} infer via {where}")
+        # Answered in kind: raw bytes for a raw request, typed contents for a typed one.
+        assert reply["raw_reply"] is (kind == "binary"), (where, kind)
+        parameters.append(reply["parameters"])
+    return parameters
+
+
 def test_tritonclient_against_device_and_edge(processes: ProcessGroup, sample_models: Path,
                                               reference: Reference, tmp_path: Path) -> None:
     edge, (device,) = start_region(processes, sample_models, devices=("d1",))
@@ -48,20 +70,7 @@ def test_tritonclient_against_device_and_edge(processes: ProcessGroup, sample_mo
 
     for url, answer in answers.items():
         where = "device node" if url == device.grpc else "edge master"
-        assert answer["live"] is True and answer["ready"] is True and answer["model_ready"] is True, (where, answer)
-        meta = answer["metadata"]
-        assert meta["name"] == "mlp" and meta["versions"] == ["1"], (where, meta)
-        assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}], (where, meta)
-        assert meta["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}], (where, meta)
-        for kind in ("binary", "typed"):
-            reply = answer[kind]
-            assert reply["model_name"] == "mlp"
-            got = np.array(reply["output"], dtype=np.float32)
-            assert got.shape == (2, 10), (where, kind, got.shape)
-            np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL, err_msg=f"{kind} infer via {where}")
-            # Answered in kind: raw bytes for a raw request, typed contents for a typed one.
-            assert reply["raw_reply"] is (kind == "binary"), (where, kind)
-            params = reply["parameters"]
-            assert params["fogline.tier"] == "device" and params["fogline.node"] == "d1", (where, kind, params)
+        for params in mlp_answers(answer, expected, where):
+            assert params["fogline.tier"] == "device" and params["fogline.node"] == "d1", (where, params)
             if url == edge.grpc:
-                assert params["fogline.route"] == "placement", (where, kind, params)
+                assert params["fogline.route"] == "placement", (where, params)

@@ -19,7 +19,6 @@ import ipaddress
 import math
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -75,7 +74,7 @@ class FleetCA:
         cert = _ca_certificate(key)
         directory.mkdir(parents=True, exist_ok=True)
         try:
-            _create_exclusive(directory / CA_KEY, _key_pem(key), 0o600)
+            write_private(directory / CA_KEY, _key_pem(key), 0o600, exclusive=True)
         except FileExistsError:
             raise FileExistsError(_exists_message(directory, CA_KEY)) from None
         write_private(directory / CA_CERT, _cert_pem(cert), 0o644)
@@ -404,19 +403,6 @@ def _refuse_existing(directory: Path) -> None:
 def _exists_message(directory: Path, name: str) -> str:
     return (f"a fleet CA exists already in {directory} ({name} found); refusing to replace it, "
             f"which would orphan every certificate it issued; use it, or choose another directory")
-
-
-def _create_exclusive(path: Path, data: bytes, mode: int) -> None:
-    """Write a new file at ``path``, whole or not at all; FileExistsError if there is one, even one
-    another process created meanwhile (a hard link, unlike a rename, never replaces)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.link(tmp, path)
-    finally:
-        os.unlink(tmp)
 
 
 def _private_dir(path: Path) -> None:

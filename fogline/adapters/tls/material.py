@@ -134,9 +134,11 @@ class TlsMaterial:
             self.poll()
 
 
-def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
+def write_private(path: Path, data: bytes, mode: int = 0o600, *, exclusive: bool = False) -> None:
     """Write ``data`` to ``path`` atomically, readable by the owner only when ``mode`` says so: a reader
-    (a reloading server) sees the old file or the new one, never half of it."""
+    (a reloading server) sees the old file or the new one, never half of it. ``exclusive``: never
+    replace a file, raise FileExistsError instead, even for one another process created meanwhile
+    (a hard link, unlike a rename, never replaces)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -144,7 +146,9 @@ def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as out:
             out.write(data)
-        os.replace(tmp, path)
-    except BaseException:
+        if exclusive:
+            os.link(tmp, path)
+        else:
+            os.replace(tmp, path)
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
