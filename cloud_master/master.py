@@ -1,7 +1,8 @@
 """Wiring of the cloud master, the root of the control plane: the embedded registry of edge masters
 and GPU workers (control plane, its own server), a global V2 entry point that forwards to an edge
 master (of the region a request names, or of any region holding the model), REST status with the
-topology, the model catalog, and draining. Edge masters follow the workers and the catalog over
+topology, the model catalog, the model registry (``--model-store``: pushes on the admin API, reads on
+``/v1/models``), and draining. Edge masters follow the workers and the catalog over
 ``WatchTopology`` and escalate to the workers directly."""
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from fogline.core.control.peer_status import edge_devices
 from fogline.core.control.registry import Load, Member, MemberState
 from fogline.core.control.topology import TopologyPublisher
 from fogline.core.escalation.catalog import Catalog, describe, load_catalog
+from fogline.core.lifecycle.registry import ModelRegistry
 from fogline.core.routing.dispatch import RegionalDispatch
 from fogline.core.security.identity import Identity
 from fogline.servers.master import Master, MasterSettings
 from fogline.servers.membership import join, leave_and_stop
+from fogline.servers.models_admin import DEFAULT_MAX_MODEL_BYTES, ModelRoutes
 from fogline.servers.security import member_identity
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,11 @@ class CloudSettings(MasterSettings):
     With ``consul``, a catalog in Consul KV overrides it."""
     topology_refresh_s: float = 2.0
     """Edge masters get the workers and catalog on every change and at least this often."""
+    model_store: Path | None = None
+    """The model registry's directory (content-addressed versions pushed over the admin API); None: no
+    registry (pushes and ``/v1/models`` answer UNAVAILABLE)."""
+    max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES
+    """The largest model push accepted (its upload, and a directory's unpacked files)."""
 
 
 class CloudMaster(Master):
@@ -72,6 +80,8 @@ class CloudMaster(Master):
         self.membership: MembershipLoop | None = None
         self.live = LiveConfig()
         self._status_context: ssl.SSLContext | None = None
+        self.models = ModelRegistry(settings.model_store) if settings.model_store else None
+        self.model_routes = ModelRoutes(self.models, max_model_bytes=settings.max_model_bytes)
 
     def identity(self) -> Identity:
         """``spiffe://fogline/cloud/<id>``."""
@@ -86,7 +96,8 @@ class CloudMaster(Master):
         s = self.settings
         await self._secure()
         backend = RegionalBackend(self.routing, name="fogline-cloud", ready=lambda: bool(self.pool.endpoints))
-        addresses = await self._serve(backend, topology=self.publisher, routes={"/v1/topology": self.topology})
+        routes = {"/v1/topology": self.topology, **self.model_routes.status_routes()}
+        addresses = await self._serve(backend, topology=self.publisher, routes=routes)
         self.endpoints = {"id": s.cloud_id, **addresses}
         if self.security is not None:
             self.security.start(renew_with=self.self_renewer())
@@ -98,6 +109,10 @@ class CloudMaster(Master):
             await self.consul.start()
             self.metrics.add_gauges(self.consul.gauges)
         return dict(self.endpoints)
+
+    def extra_admin_routes(self) -> dict[tuple[str, str], Any]:
+        """The model registry's admin routes (push, list, show)."""
+        return dict(self.model_routes.admin_routes())
 
     def _member(self) -> Member:
         return Member(id=self.settings.cloud_id, service="cloud", address=self.endpoints["grpc"],

@@ -209,9 +209,13 @@ class Master:
         if s.admin_token_file is None and self.security is None:
             return None
         auth = AdminAuth(s.admin_token_file, self.material)
-        self._admin, port = await start_admin(admin_routes(self.registry, self.enroller), host=s.host,
-                                              port=s.admin_port, auth=auth, tls=self.material)
+        routes = {**admin_routes(self.registry, self.enroller), **self.extra_admin_routes()}
+        self._admin, port = await start_admin(routes, host=s.host, port=s.admin_port, auth=auth, tls=self.material)
         return port
+
+    def extra_admin_routes(self) -> dict[tuple[str, str], Any]:
+        """Admin routes a subclass adds to the shared ones, by (method, path) (none here)."""
+        return {}
 
     def self_renewer(self) -> _LocalRenewer | None:
         """How the master holding the fleet CA renews its own certificate: with that CA."""

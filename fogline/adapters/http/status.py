@@ -5,7 +5,9 @@
 - ``GET /v1/status``: JSON — identity, models, load, peers.
 - ``GET /metrics``: Prometheus text format.
 
-A process may add GET routes of its own that answer JSON (the cloud master's ``/v1/topology``).
+A process may add GET routes of its own that answer JSON (the cloud master's ``/v1/topology``); a route's
+path parameters (``/v1/models/{name}``) are its producer's keyword arguments, and a FoglineError it raises
+is answered ``{"error", "code"}`` with the code's HTTP status.
 
 A connection has ``header_timeout_s`` to send the complete headers of a request, counted from when it
 opens and from the end of each response; one that takes longer is closed (slowloris).
@@ -27,7 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from fogline.adapters.metrics import Metrics
 from fogline.adapters.tls.http import server_ssl_context
 from fogline.adapters.tls.material import ClientAuth, TlsMaterial
-from fogline.errors import ErrorCode, PortInUseError
+from fogline.errors import ErrorCode, FoglineError, PortInUseError
 
 HTTP_STATUS = {
     ErrorCode.NOT_FOUND: 404,
@@ -44,8 +46,8 @@ HTTP_STATUS = {
 DEFAULT_HEADER_TIMEOUT_S = 10.0
 """How long a connection may take to send a request's headers, or sit idle between requests."""
 
-JsonRoute = Callable[[], Awaitable[Any]]
-"""Produces the JSON body of an extra GET route."""
+JsonRoute = Callable[..., Awaitable[Any]]
+"""Produces the JSON body of an extra GET route, given its path parameters as keyword arguments."""
 
 ServerTls = tuple[TlsMaterial, ClientAuth]
 """The certificate a REST server serves, and whether it asks its clients for theirs."""
@@ -88,7 +90,10 @@ def create_app(source: StatusSource, metrics: Metrics,
 
 def _json_route(produce: JsonRoute) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handle(request: web.Request) -> web.Response:
-        return web.json_response(await produce())
+        try:
+            return web.json_response(await produce(**request.match_info))
+        except FoglineError as err:
+            return web.json_response({"error": err.message, "code": err.code.value}, status=HTTP_STATUS[err.code])
     return handle
 
 
