@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 from fogline.adapters.tls.material import ClientAuth
 from fogline.cli import certs as certs_cli
 from fogline.cli import keys as keys_cli
+from fogline.cli import models as models_cli
 from fogline.core.escalation.catalog import CatalogError
 from fogline.core.serving.repository import ConfigError
 
@@ -114,6 +115,9 @@ def _model_server(p: argparse.ArgumentParser, service: str, id_help: str, master
     p.add_argument("--master", help=f"{master} control address host:port (omit to run stand-alone)")
     p.add_argument("--fault-delay-ms", type=float, default=0.0,
                    help="testing aid (chaos suites): delay every inference this long, as a slow node would")
+    p.add_argument("--admin-token-file", type=Path,
+                   help="file with the admin bearer token for Triton's repository calls (index, load, unload); "
+                        "an admin client certificate works too")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="model catalog TOML: placement and cascade rules (default: run models where held)")
     cloud.add_argument("--topology-refresh-s", type=float, default=2.0,
                        help="resend the topology to edge masters at least this often (default 2.0)")
+    cloud.add_argument("--model-store", type=Path,
+                       help="the model registry's directory: pushes over the admin API (`fogline models push`), "
+                            "reads on /v1/models (default: no registry)")
+    cloud.add_argument("--max-model-mb", type=int, default=512, help="largest model push accepted, MiB (default 512)")
     _master_security(cloud)
 
     up = sub.add_parser("up", help="start a whole local stack with sample models")
@@ -207,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     samples.add_argument("directory", type=Path)
     certs_cli.add_parser(sub)
     keys_cli.add_parser(sub)
+    models_cli.add_parser(sub, DEFAULT_HOME)
     return parser
 
 
@@ -214,11 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.command in ("infer", "calibrate", "samples", "certs", "keys") and hasattr(signal, "SIGPIPE"):
+    if args.command in ("infer", "calibrate", "samples", "certs", "keys", "models") and hasattr(signal, "SIGPIPE"):
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `fogline infer | head` ends quietly
     commands = {"device": _device, "worker": _worker, "edge": _edge, "cloud": _cloud, "up": _up,
                 "infer": _infer, "samples": _samples, "calibrate": _calibrate, "certs": certs_cli.run,
-                "keys": keys_cli.run}
+                "keys": keys_cli.run, "models": models_cli.run}
     try:
         return commands[args.command](args)
     except ValueError as err:  # ConfigError, CatalogError: a file or flag to fix, not a crash
@@ -247,7 +256,8 @@ def _model_server_settings(cls: type[S], args: argparse.Namespace, **extra: Any)
         model_repository=args.models, models=tuple(args.only) if args.only else None, region=args.region,
         host=args.host, advertise_host=args.advertise_host, grpc_port=args.grpc_port, http_port=args.http_port,
         master=args.master, max_message_bytes=args.max_message_mb * MiB, drain_grace_s=args.drain_grace_s,
-        fault_delay_s=args.fault_delay_ms / 1000, consul=_consul(args), **_security(args), **extra,
+        fault_delay_s=args.fault_delay_ms / 1000, consul=_consul(args), admin_token_file=args.admin_token_file,
+        **_security(args), **extra,
     )
     if args.id:
         settings.node_id = args.id
@@ -295,6 +305,7 @@ def _cloud(args: argparse.Namespace) -> int:
         control_port=args.control_port, http_port=args.http_port, max_message_bytes=args.max_message_mb * MiB,
         member_ttl_s=args.member_ttl_s, drain_grace_s=args.drain_grace_s, catalog=args.catalog,
         topology_refresh_s=args.topology_refresh_s, consul=_consul(args), **_security(args), **_master_admin(args),
+        model_store=args.model_store, max_model_bytes=args.max_model_mb * MiB,
     )
     if args.id:
         settings.cloud_id = args.id

@@ -118,9 +118,10 @@ class LocalStack:
         cloud = self._wait_ready(self._spawn(
             "cloud", "cloud", "--id", "cloud", "--grpc-port", str(self.cloud_port),
             "--http-port", str(self.cloud_http_port), "--catalog", str(models / CATALOG_FILE),
-            *self._admin_flags(ca=True), identity=Identity(service="cloud", id="cloud"), stop_order=2))
+            "--model-store", str(self.workdir / "registry"), *self._admin_flags(ca=True),
+            identity=Identity(service="cloud", id="cloud"), stop_order=2))
         worker = self._spawn("worker-0", "worker", "--id", "worker-0", "--models", str(models),
-                             *_only(WORKER_MODELS), "--master", cloud["control"],
+                             *_only(WORKER_MODELS), "--master", cloud["control"], *self._admin_flags(ca=False),
                              identity=Identity(service="worker", id="worker-0"), stop_order=0)
         edges = {}
         for i, region in enumerate(self.regions):
@@ -131,6 +132,7 @@ class LocalStack:
                 identity=Identity(service="edge", id=f"{region}-edge", region=region), stop_order=1))
         devices = [self._spawn(f"{region}-device-{d}", "device", "--region", region, "--id", f"{region}-device-{d}",
                                "--models", str(models), *_only(DEVICE_MODELS), "--master", edge["control"],
+                               *self._admin_flags(ca=False),
                                identity=Identity(service="device", id=f"{region}-device-{d}", region=region),
                                stop_order=0)
                    for region, edge in edges.items() for d in range(self.devices)]

@@ -1,9 +1,10 @@
 """A process that runs models itself — a device node or a GPU worker — wired once.
 
-Model repository -> one runtime per model -> a :class:`DynamicBatcher` each -> :class:`LocalDataPlane`,
-served over V2 gRPC (with ``grpc.health.v1``) and REST status; membership in a parent master when
-one is given; draining. The tiers differ only in their identity and in how a model is loaded
-(``load_runtime``), so this module imports no execution library itself.
+Model repository -> one runtime per model version -> a :class:`DynamicBatcher` each ->
+:class:`LocalDataPlane`, served over V2 gRPC (with ``grpc.health.v1`` and Triton's model-repository
+extension for admins) and REST status; membership in a parent master when one is given; hot swap of
+model versions (:meth:`ModelServer.load`); draining. The tiers differ only in their identity and in how
+a model is loaded (``load_runtime``), so this module imports no execution library itself.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fogline.adapters.grpc.control import GrpcControlClient
+from fogline.adapters.grpc.repository import READY, UNAVAILABLE, IndexEntry, repository_handler
 from fogline.adapters.grpc.server import bind, create_server, set_serving
 from fogline.adapters.grpc.v2 import LocalBackend, v2_handler
 from fogline.adapters.http import start_http
@@ -29,8 +31,16 @@ from fogline.core.control.membership import MembershipLoop
 from fogline.core.control.registry import Load, Member
 from fogline.core.security.identity import Identity, group_dns_name
 from fogline.core.serving.batching import DynamicBatcher
-from fogline.core.serving.dataplane import LocalDataPlane, ServedModel
-from fogline.core.serving.repository import ModelConfig, load_repository
+from fogline.core.serving.dataplane import LocalDataPlane, ServedModel, version_order, warm_up_feeds
+from fogline.core.serving.repository import (
+    ConfigError,
+    ModelConfig,
+    find_model_dir,
+    list_models,
+    load_model,
+    load_repository,
+)
+from fogline.errors import FoglineError, InternalError, InvalidInputError, ModelNotFoundError, echo_name
 from fogline.servers.membership import join, leave_and_stop, parent_control
 from fogline.servers.security import ProcessSecurity, prepare
 from fogline.servers.settings import ProcessSettings
@@ -58,6 +68,9 @@ class ModelServerSettings(ProcessSettings):
     fault_delay_s: float = 0.0
     """Testing aid for chaos suites and benchmarks: hold every inference this long before running
     it, as a slow node would. Leave at 0 in production."""
+    admin_token_file: Path | None = None
+    """File with the admin bearer token that Triton's repository calls (load, unload, index) may carry;
+    without it (and without TLS requiring client certificates, for admin certificates) they are refused."""
 
 
 class ModelServer:
@@ -79,6 +92,11 @@ class ModelServer:
         self.dataplane: LocalDataPlane | None = None
         self.membership: MembershipLoop | None = None
         self.security: ProcessSecurity | None = None
+        self._swaps: dict[str, asyncio.Lock] = {}  # one load or unload of a model at a time
+        self.load_errors: dict[str, tuple[str, str]] = {}
+        """Per model, the version its last load failed to load ("" if unknown) and why (cleared by a load
+        that works); shown in status and in the repository index."""
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-load")
 
     def identity(self) -> Identity:
         """What this process's certificate names: ``spiffe://fogline/device/<region>/<id>`` or
@@ -103,8 +121,13 @@ class ModelServer:
             from fogline.core.security.apikeys import ApiKeys
 
             api_keys = ApiKeys(s.api_keys)
+        certificates = s.tls is not None and s.tls.client_auth is ClientAuth.REQUIRE
+        try:
+            repository = repository_handler(self, token_file=s.admin_token_file, certificates=certificates)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         self._server, self._health = create_server(
-            v2_handler(LocalBackend(dataplane, self.server_name), self.metrics, api_keys=api_keys),
+            v2_handler(LocalBackend(dataplane, self.server_name), self.metrics, api_keys=api_keys), repository,
             max_message_bytes=s.max_message_bytes)
         creds = server_credentials(security.material, s.tls.client_auth) if security and s.tls else None
         grpc_port = bind(self._server, s.host, s.grpc_port, credentials=creds)
@@ -127,15 +150,133 @@ class ModelServer:
     def _load_models(self) -> dict[str, ServedModel]:
         configs = load_repository(self.settings.model_repository, self.settings.models)
         runtimes = [(config, self._load_runtime(config)) for config in configs]
-        self._executor = ThreadPoolExecutor(max_workers=sum(c.batching.instances for c in configs),
+        # NOTE: threads start only when batches need them, so room for a second version of every model
+        # (a hot swap runs both for a moment) costs nothing until used.
+        self._executor = ThreadPoolExecutor(max_workers=2 * sum(c.batching.instances for c in configs) + 2,
                                             thread_name_prefix="model-run")
         served = {}
         for config, runtime in runtimes:
-            batcher = DynamicBatcher(config.name, runtime.run, config.batching, executor=self._executor,
-                                     on_batch=self.metrics.batch_observer(config.name))
-            served[config.name] = ServedModel(runtime.spec, batcher, runtime.providers)
+            served[config.name] = self._serve(config, runtime)
             log.info("loaded %s v%s on %s", config.name, config.version, runtime.providers)
         return served
+
+    def _serve(self, config: ModelConfig, runtime: Runtime) -> ServedModel:
+        """``runtime`` with its batcher, ready to be added to the data plane."""
+        batcher = DynamicBatcher(config.name, runtime.run, config.batching, executor=self._executor,
+                                 on_batch=self.metrics.batch_observer(config.name))
+        return ServedModel(runtime.spec, batcher, runtime.providers, release=getattr(runtime, "close", None))
+
+    # --- Hot swap -------------------------------------------------------------------------------------
+
+    async def load(self, name: str, version: str | None = None, *, keep_old: bool = False) -> ServedModel:
+        """Load ``version`` of ``name`` (default: the latest on disk) beside what serves, warm it up, then
+        make it serve ``name`` (one assignment on the event loop); requests already on the old version
+        finish, then it is unloaded unless ``keep_old``. Loads of one model are serialized. A version that
+        fails to load or to warm up leaves the old one serving: the failure is raised
+        (InvalidInputError, InternalError), logged, and shown in status as the model's ``load_error``."""
+        loop = asyncio.get_running_loop()
+        async with self._swaps.setdefault(name, asyncio.Lock()):
+            config: ModelConfig | None = None
+            try:
+                config = await loop.run_in_executor(self._loader, self._config_of, name, version)
+                served = await loop.run_in_executor(self._loader, self._load_version, config)
+            except Exception as exc:
+                raise self._load_failed(name, config.version if config else version, exc) from None
+            self.load_errors.pop(name, None)
+            await self._switch(served, keep_old=keep_old)
+            return served
+
+    async def unload(self, name: str, version: str | None = None) -> list[str]:
+        """Unload ``version`` of ``name`` (default: every version), once the requests using it finish; the
+        versions unloaded. Unloading the serving version hands ``name`` to the highest version left.
+        ModelNotFoundError naming the loaded versions if that one is not loaded."""
+        assert self.dataplane is not None
+        async with self._swaps.setdefault(name, asyncio.Lock()):
+            versions = [version] if version else self.dataplane.loaded_versions(name)
+            if not versions:
+                self.dataplane.model(name)  # raises: names the models served
+            retired = [self.dataplane.remove(name, v) for v in versions]
+            for served in retired:
+                await self._retire(served)
+            return versions
+
+    def _config_of(self, name: str, version: str | None) -> ModelConfig:
+        """The config of ``name`` at ``version`` (default: the latest) on disk (blocking: in the loader
+        thread); ModelNotFoundError naming the models there for a name that is not."""
+        root = self.settings.model_repository
+        try:
+            model_dir = find_model_dir(root, name)
+        except ConfigError as exc:
+            raise ModelNotFoundError(str(exc)) from None
+        return load_model(model_dir, root=root, version=version)
+
+    def _load_version(self, config: ModelConfig) -> ServedModel:
+        """Load and warm up one version (blocking: in the loader thread)."""
+        runtime = self._load_runtime(config)
+        feeds, why_not = warm_up_feeds(runtime.spec)
+        if feeds is None:
+            log.info("model %s v%s: no warm-up run (%s)", config.name, config.version, why_not)
+        else:
+            try:
+                runtime.run(feeds)
+            except Exception as exc:
+                raise InternalError(f"the warm-up run on zeros failed: {type(exc).__name__}: {exc}") from None
+        log.info("loaded %s v%s on %s%s", config.name, config.version, runtime.providers,
+                 "" if feeds is None else ", warm")
+        return self._serve(config, runtime)
+
+    def _load_failed(self, name: str, version: str | None, exc: Exception) -> FoglineError:
+        """The error a failed load is reported with (and logged, and kept for status)."""
+        what = f"model {echo_name(name)} version {echo_name(version) if version else '(latest)'} cannot be loaded"
+        if isinstance(exc, FoglineError):
+            err = type(exc)(f"{what}: {exc.message}")
+        elif isinstance(exc, ConfigError):
+            err = InvalidInputError(f"{what}: {exc}")
+        else:
+            err = InternalError(f"{what}: {type(exc).__name__}: {exc}")
+        if not isinstance(err, ModelNotFoundError):
+            self.load_errors[name] = (version or "", err.message)
+        log.warning("%s; the versions loaded stay as they are", err.message)
+        return err
+
+    async def _switch(self, served: ServedModel, *, keep_old: bool) -> None:
+        """Make ``served`` serve its name, then retire what it replaces."""
+        assert self.dataplane is not None
+        spec = served.spec
+        same = self.dataplane.versions.get(spec.name, {}).get(spec.version)  # a reload of one version
+        previous = self.dataplane.add(served)  # the switch: the next request runs on ``served``
+        log.info("model %s serves version %s (was %s)", spec.name, spec.version,
+                 previous.spec.version if previous else "none")
+        retired = [] if same is None else [same]
+        if previous is not None and previous is not same and not keep_old:
+            retired.append(self.dataplane.remove(spec.name, previous.spec.version))
+        for old in retired:
+            await self._retire(old)
+
+    async def _retire(self, served: ServedModel) -> None:
+        """Wait (up to the drain grace) for the requests using ``served`` to finish, then release it."""
+        try:
+            await asyncio.wait_for(served.idle(), self.settings.drain_grace_s)
+        except TimeoutError:
+            log.warning("model %s v%s still had %d requests after %.1fs; unloading it anyway", served.spec.name,
+                        served.spec.version, served.active, self.settings.drain_grace_s)
+        if served.release is not None:
+            await asyncio.get_running_loop().run_in_executor(self._loader, served.release)
+        log.info("unloaded %s v%s", served.spec.name, served.spec.version)
+
+    def repository_index(self) -> list[IndexEntry]:
+        """Every model version on disk or loaded (Triton's repository index): READY if loaded, else
+        UNAVAILABLE with the last load error of its model, if any."""
+        assert self.dataplane is not None
+        on_disk = list_models(self.settings.model_repository)
+        entries = []
+        for name in sorted(set(on_disk) | set(self.dataplane.versions)):
+            loaded = self.dataplane.loaded_versions(name)
+            for version in sorted(set(on_disk.get(name, [])) | set(loaded), key=version_order):
+                failed, error = self.load_errors.get(name, ("", ""))
+                state, reason = (READY, "") if version in loaded else (UNAVAILABLE, error if version == failed else "")
+                entries.append(IndexEntry(name, version, state, reason))
+        return entries
 
     def _member(self) -> Member:
         assert self.dataplane is not None
@@ -153,11 +294,12 @@ class ModelServer:
     def _gauges(self) -> list[GaugeSample]:
         assert self.dataplane is not None
         out: list[GaugeSample] = []
-        for name, m in self.dataplane.models.items():
+        for name, loaded in self.dataplane.versions.items():
+            batchers = [m.batcher for m in loaded.values()]
             out.append(("fogline_queue_depth", "Requests waiting for a batch", {"model": name},
-                        m.batcher.queue_depth))
+                        sum(b.queue_depth for b in batchers)))
             out.append(("fogline_in_flight", "Requests in running batches", {"model": name},
-                        m.batcher.in_flight))
+                        sum(b.in_flight for b in batchers)))
         return out
 
     def readiness(self) -> tuple[bool, str]:
@@ -181,9 +323,18 @@ class ModelServer:
             "discovery": self.settings.consul.describe() if self.settings.consul else {"kind": "embedded"},
             "registered": self.membership.registered.is_set() if self.membership else None,
             "load": {"in_flight": running, "queue_depth": queued},
-            "models": self.dataplane.status(),
+            "models": self._models_status(),
             **self.extra_status(),
         }
+
+    def _models_status(self) -> dict[str, dict[str, object]]:
+        """The data plane's status of each model, with its last load error (a model that never loaded
+        shows only that)."""
+        assert self.dataplane is not None
+        models = self.dataplane.status()
+        for name, (_, error) in self.load_errors.items():
+            models.setdefault(name, {})["load_error"] = error
+        return models
 
     def extra_status(self) -> dict[str, Any]:
         """Fields a tier adds to its ``/v1/status`` (none here)."""
@@ -195,6 +346,7 @@ class ModelServer:
         self.dataplane.draining = True
         await leave_and_stop(self.membership, self._stop_serving)
         await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
+        self._loader.shutdown(wait=False)
 
     async def _stop_serving(self) -> None:
         await set_serving(self._health, False)

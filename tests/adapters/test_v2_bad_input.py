@@ -88,7 +88,7 @@ async def test_payload_over_the_limit_is_resource_exhausted(target: str) -> None
 
 async def test_an_unloaded_version_is_not_found(target: str) -> None:
     async with Client(target) as client:
-        with pytest.raises(FoglineError, match="version '7' is not loaded; loaded: '1'") as info:
+        with pytest.raises(FoglineError, match=r"version '7' is not loaded on dev-a; loaded: \['1'\]") as info:
             await client.infer("mlp", GOOD, version="7")
         assert info.value.code is ErrorCode.NOT_FOUND
         assert await client.model_ready("mlp", "7") is False

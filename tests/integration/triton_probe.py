@@ -2,12 +2,18 @@
 
 Run as a separate process (``python tests/integration/triton_probe.py --input x.npy URL...``): tritonclient's
 protobuf definitions of ``inference.*`` collide with Fogline's own in one process.
+
+With ``--repository`` it uses the model-repository extension instead (index, ``load_model("cnn")``, an
+inference of cnn, ``unload_model("mlp")``, index), each call's answer or error recorded in turn (with
+the environment's ``PROBE_ADMIN_TOKEN``, sent as ``authorization: Bearer <token>``, never on the command
+line); the input is then cnn's.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -70,17 +76,59 @@ def probe(url: str, x: np.ndarray, tls: dict[str, str] | None = None) -> dict[st
         client.close()
 
 
+def _attempt(steps: dict[str, Any], name: str, call: Any) -> bool:
+    """Run ``call``; its answer (or its error's status and message) as ``steps[name]``; whether it worked."""
+    try:
+        steps[name] = {"ok": call()}
+    except triton.InferenceServerException as exc:
+        steps[name] = {"status": exc.status(), "message": exc.message()}
+        return False
+    return True
+
+
+def repository(url: str, x: np.ndarray, tls: dict[str, str] | None, token: str | None) -> dict[str, Any]:
+    """The repository calls in turn, stopping at the first refused one."""
+    client = (triton.InferenceServerClient(url) if tls is None else triton.InferenceServerClient(
+        url, ssl=True, root_certificates=tls["ca"], private_key=tls["key"], certificate_chain=tls["cert"]))
+    headers = {"authorization": f"Bearer {token}"} if token else None
+    steps: dict[str, Any] = {}
+
+    def index() -> list[dict[str, Any]]:
+        reply = client.get_model_repository_index(headers=headers)
+        return [{"name": m.name, "version": m.version, "state": m.state, "reason": m.reason} for m in reply.models]
+
+    def infer_cnn() -> str:
+        tensor = triton.InferInput(INPUT, list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        return str(client.infer("cnn", [tensor]).get_response().model_version)
+
+    try:
+        calls = [("index", index), ("load", lambda: client.load_model("cnn", headers=headers)),
+                 ("infer", infer_cnn), ("unload", lambda: client.unload_model("mlp", headers=headers)),
+                 ("index_after", index)]
+        for name, call in calls:
+            if not _attempt(steps, name, call):
+                break
+        return steps
+    finally:
+        client.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--input", required=True, help=".npy file: FP32 [N, 64] input of mlp")
     parser.add_argument("--ca", help="with --cert and --key: TLS (ssl=True) with these PEM files")
     parser.add_argument("--cert")
     parser.add_argument("--key")
+    parser.add_argument("--repository", action="store_true", help="use the model-repository extension")
     parser.add_argument("urls", nargs="+", help="V2 gRPC endpoints host:port")
     args = parser.parse_args()
     x = np.load(args.input).astype(np.float32)
     tls = {"ca": args.ca, "cert": args.cert, "key": args.key} if args.ca else None
-    json.dump({url: probe(url, x, tls) for url in args.urls}, sys.stdout)
+    if args.repository:
+        json.dump({url: repository(url, x, tls, os.environ.get("PROBE_ADMIN_TOKEN")) for url in args.urls}, sys.stdout)
+    else:
+        json.dump({url: probe(url, x, tls) for url in args.urls}, sys.stdout)
     return 0
 
 

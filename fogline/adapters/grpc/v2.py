@@ -64,8 +64,9 @@ class V2Backend(abc.ABC):
         return False
 
 
-def metadata_message(spec: ModelSpec) -> pb.ModelMetadataResponse:
-    msg = pb.ModelMetadataResponse(name=spec.name, versions=[spec.version], platform=spec.platform)
+def metadata_message(spec: ModelSpec, versions: list[str] | None = None) -> pb.ModelMetadataResponse:
+    """``spec`` as V2 model metadata; ``versions``: those loaded (default: the spec's own)."""
+    msg = pb.ModelMetadataResponse(name=spec.name, versions=versions or [spec.version], platform=spec.platform)
     for specs, target in ((spec.inputs, msg.inputs), (spec.outputs, msg.outputs)):
         for t in specs:
             target.add(name=t.name, datatype=t.datatype, shape=t.shape)
@@ -90,13 +91,15 @@ class LocalBackend(V2Backend):
         return self.ready()
 
     async def model_metadata(self, name: str, version: str) -> pb.ModelMetadataResponse:
-        return metadata_message(self.dataplane.model(name, version).spec)
+        """The metadata of ``name`` at ``version`` ("" the serving one), listing the versions loaded."""
+        served = self.dataplane.model(name, version)
+        return metadata_message(served.spec, self.dataplane.loaded_versions(name))
 
     async def infer(self, data: bytes, request: pb.ModelInferRequest, deadline: float | None) -> bytes:
         served = self.dataplane.model(request.model_name, request.model_version)  # NOT_FOUND before any input
         req = decode_request(request)
         req.deadline = deadline
-        resp = await self.dataplane.run(served, req)
+        resp = await self.dataplane.run(served, req)  # resp.version: the version that ran, whatever was asked
         # Answer in kind: raw for raw requests (the fast path), typed contents for typed ones.
         raw = bool(request.raw_input_contents) or not request.inputs
         return encode_response(resp, raw=raw).SerializeToString()

@@ -17,10 +17,8 @@ the token nor the ``Authorization`` header is ever logged.
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
-import os
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from aiohttp import web
 from fogline.adapters.http.status import DEFAULT_HEADER_TIMEOUT_S, HTTP_STATUS, serve_app
 from fogline.adapters.tls.http import peer_identity_of, server_ssl_context
 from fogline.adapters.tls.material import ClientAuth, TlsMaterial
+from fogline.adapters.tokenfile import TokenFile
 from fogline.errors import (
     FoglineError,
     InvalidInputError,
@@ -54,57 +53,12 @@ NO_TOKENS = "this server takes no admin tokens (no --admin-token-file): connect 
 INTERNAL = "internal error serving an admin request; see the server's log"
 
 
-class _TokenFile:
-    """The admin token in a file, re-read when the file's mtime or size changes."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self._stamp: tuple[int, int] | None = None
-        self._token: bytes | None = None
-        self.read()
-        if self._token is None:
-            raise ValueError(f"admin token file {self.path} is missing, unreadable or empty; "
-                             "write a long random token into it")
-
-    def read(self) -> bytes | None:
-        """The current token; None (refuse every token) while the file is missing, unreadable or empty."""
-        try:
-            st = os.stat(self.path)
-        except OSError as exc:
-            self._forget(f"cannot be read ({exc.strerror or exc})")
-            return None
-        stamp = (st.st_mtime_ns, st.st_size)
-        if stamp != self._stamp:
-            self._stamp = stamp
-            self._token = self._load(st.st_mode)
-        return self._token
-
-    def _load(self, mode: int) -> bytes | None:
-        try:
-            token = self.path.read_bytes().strip()
-        except OSError as exc:
-            log.error("admin token file %s cannot be read (%s); refusing admin tokens", self.path,
-                      exc.strerror or exc)
-            return None
-        if not token:
-            log.error("admin token file %s is empty; refusing admin tokens", self.path)
-            return None
-        if mode & 0o077:
-            log.warning("admin token file %s is readable by other users; chmod 600 it", self.path)
-        return token
-
-    def _forget(self, why: str) -> None:
-        if self._stamp is not None:  # NOTE: said once, not on every request while the file is gone
-            log.error("admin token file %s %s; refusing admin tokens", self.path, why)
-        self._stamp, self._token = None, None
-
-
 class AdminAuth:
     """Who may use the admin API: holders of the token in ``token_file``, and (with ``material``, over
     HTTPS) clients whose certificate names an admin. Neither configured: nobody."""
 
     def __init__(self, token_file: Path | None, material: TlsMaterial | None) -> None:
-        self._tokens = None if token_file is None else _TokenFile(token_file)
+        self._tokens = None if token_file is None else TokenFile(token_file)
         self._tls = material is not None
 
     @property
@@ -131,8 +85,7 @@ class AdminAuth:
     def _check_token(self, presented: bytes) -> str:
         if self._tokens is None:
             raise UnauthenticatedError(NO_TOKENS)
-        token = self._tokens.read()
-        if token is None or not hmac.compare_digest(presented, token):
+        if not self._tokens.matches(presented):
             raise UnauthenticatedError(WRONG_TOKEN)
         return "token"
 

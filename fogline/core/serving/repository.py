@@ -20,10 +20,11 @@ where the file is ``model.onnx`` (platform ``onnxruntime``) or a TorchScript ``m
     datatype = "FP32"
     shape = [-1, 64]               # -1: any size; with max_batch_size > 0, dim 0 is the batch
 
-The highest version directory is served; every directory of a model is a version, named by a plain
-number (``1``, ``2``, ``10``). Names starting with ``.`` are ignored. Nothing may resolve outside the
-repository (a symbolic link may point within it). Anything else is a :class:`ConfigError` whose one-line
-message names the file and the key.
+The highest version directory is served unless a version is asked for (:func:`load_model`'s
+``version``, a node's hot swap); every directory of a model is a version, named by a plain number
+(``1``, ``2``, ``10``); :func:`model_versions` lists them. Names starting with ``.`` are ignored.
+Nothing may resolve outside the repository (a symbolic link may point within it). Anything else is a
+:class:`ConfigError` whose one-line message names the file and the key.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from typing import Any
 from fogline.core.serving.batching import BatchingSettings
 from fogline.core.tensors import DATATYPES, TensorSpec
 from fogline.core.toml import tomllib
+from fogline.errors import echo_name, echo_names
 
 PLATFORM_FILES = {"onnxruntime": "model.onnx", "pytorch": "model.pt"}
 # Platforms whose model file carries no input/output signature: config.toml must declare it.
@@ -92,16 +94,16 @@ def load_repository(root: Path, names: Sequence[str] | None = None) -> list[Mode
     return configs
 
 
-def load_model(model_dir: Path, *, root: Path | None = None) -> ModelConfig:
-    """The model in ``model_dir`` at its latest version; no file of it may resolve outside ``root``,
-    the repository (default: the directory holding ``model_dir``)."""
+def load_model(model_dir: Path, *, root: Path | None = None, version: str | None = None) -> ModelConfig:
+    """The model in ``model_dir`` at ``version`` (default: its latest); no file of it may resolve outside
+    ``root``, the repository (default: the directory holding ``model_dir``)."""
     model_dir = Path(model_dir)
     root = model_dir.parent if root is None else Path(root)
     _check_inside(root, model_dir)
     config_path = model_dir / "config.toml"
     raw = _Table(_read_toml(config_path, root), config_path)
     platform = raw.string("platform", "onnxruntime", choices=PLATFORM_FILES)
-    version, path = _latest_version(model_dir, PLATFORM_FILES[platform], root)
+    version, path = _version_file(model_dir, PLATFORM_FILES[platform], root, version)
     max_batch_size = raw.integer("max_batch_size", 0)
     inputs, outputs = _tensors(raw, "inputs"), _tensors(raw, "outputs")
     if platform in UNDESCRIBED_PLATFORMS and (not inputs or not outputs):
@@ -132,19 +134,68 @@ def _model_dirs(root: Path) -> dict[str, Path]:
     return dirs
 
 
-def _latest_version(model_dir: Path, filename: str, root: Path) -> tuple[str, Path]:
-    """The highest version of ``model_dir`` and its model file; every directory there must be a version."""
+def model_versions(model_dir: Path) -> list[str]:
+    """The versions of the model in ``model_dir``, lowest first; every directory there must be a version."""
     versions = []
-    for entry in _listing(model_dir):
+    for entry in _listing(Path(model_dir)):
         if not entry.is_dir():
             continue
         if not VERSION_NAME.fullmatch(entry.name):
             raise ConfigError(f"{entry}: a version directory is named by a plain number (1, 2, 10), "
                               f"not {entry.name!r}")
         versions.append(int(entry.name))
+    return [str(v) for v in sorted(versions)]
+
+
+def find_model_dir(root: Path, name: str) -> Path:
+    """The directory of the model served as ``name`` in the repository ``root`` (its config's ``name``,
+    else its directory's); ConfigError naming the models there when none is."""
+    root = Path(root)
+    found = _model_dirs(root) if root.is_dir() else {}
+    for directory in found.values():
+        if _served_name(directory, root) == name:
+            return directory
+    raise ConfigError(f"model repository {root} has no model {echo_name(name)}; it has {echo_names(sorted(found))}")
+
+
+def list_models(root: Path) -> dict[str, list[str]]:
+    """Served name -> versions on disk of every model under ``root`` whose config and versions can be read
+    (a broken model is left out, not an error: this is an index, not a load)."""
+    found: dict[str, list[str]] = {}
+    root = Path(root)
+    try:
+        dirs = _model_dirs(root).values() if root.is_dir() else []
+    except ConfigError:
+        return found
+    for directory in dirs:
+        name = _served_name(directory, root)
+        try:
+            versions = model_versions(directory)
+        except ConfigError:
+            continue
+        if name is not None:
+            found[name] = versions
+    return found
+
+
+def _served_name(model_dir: Path, root: Path) -> str | None:
+    """The name the model in ``model_dir`` is served under; None if its config cannot be read (another
+    model's broken config must not hide this one)."""
+    try:
+        raw = _Table(_read_toml(model_dir / "config.toml", root), model_dir / "config.toml")
+        return raw.string("name", model_dir.name)
+    except ConfigError:
+        return None
+
+
+def _version_file(model_dir: Path, filename: str, root: Path, wanted: str | None) -> tuple[str, Path]:
+    """A version of ``model_dir`` (``wanted``, default the highest) and its model file."""
+    versions = model_versions(model_dir)
     if not versions:
         raise ConfigError(f"{model_dir}: no version directory (e.g. {model_dir}/1/{filename})")
-    version = str(max(versions))
+    if wanted is not None and wanted not in versions:
+        raise ConfigError(f"{model_dir}: no version {echo_name(wanted)}; it has {echo_names(versions)}")
+    version = versions[-1] if wanted is None else wanted
     path = model_dir / version / filename
     _check_inside(root, path)
     if not path.is_file():

@@ -1,0 +1,62 @@
+"""A secret token kept in a file (the admin token), re-read when the file changes, compared in
+constant time. Shared by the admin REST API and the nodes' gRPC repository calls; imports neither
+aiohttp nor grpc."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class TokenFile:
+    """The token in ``path``, re-read when the file's mtime or size changes. ValueError at start if the
+    file is missing, unreadable or empty; afterwards such a file refuses every token (logged once)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._stamp: tuple[int, int] | None = None
+        self._token: bytes | None = None
+        if self.read() is None:
+            raise ValueError(f"admin token file {self.path} is missing, unreadable or empty; "
+                             "write a long random token into it")
+
+    def read(self) -> bytes | None:
+        """The current token; None (refuse every token) while the file is missing, unreadable or empty."""
+        try:
+            st = os.stat(self.path)
+        except OSError as exc:
+            self._forget(f"cannot be read ({exc.strerror or exc})")
+            return None
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp != self._stamp:
+            self._stamp = stamp
+            self._token = self._load(st.st_mode)
+        return self._token
+
+    def matches(self, presented: bytes) -> bool:
+        """Whether ``presented`` is the token (compared in constant time)."""
+        token = self.read()
+        return token is not None and hmac.compare_digest(presented, token)
+
+    def _load(self, mode: int) -> bytes | None:
+        try:
+            token = self.path.read_bytes().strip()
+        except OSError as exc:
+            log.error("admin token file %s cannot be read (%s); refusing admin tokens", self.path,
+                      exc.strerror or exc)
+            return None
+        if not token:
+            log.error("admin token file %s is empty; refusing admin tokens", self.path)
+            return None
+        if mode & 0o077:
+            log.warning("admin token file %s is readable by other users; chmod 600 it", self.path)
+        return token
+
+    def _forget(self, why: str) -> None:
+        if self._stamp is not None:  # NOTE: said once, not on every request while the file is gone
+            log.error("admin token file %s %s; refusing admin tokens", self.path, why)
+        self._stamp, self._token = None, None
