@@ -26,20 +26,19 @@ import grpc
 from fogline._proto import inference_pb2 as pb
 from fogline.adapters.grpc.v2 import AUTHORIZATION, SERVICE, _parse, abort
 from fogline.adapters.tls.credentials import peer_identity
-from fogline.adapters.tokenfile import TokenFile
-from fogline.errors import InvalidInputError, PermissionDeniedError, UnauthenticatedError
+from fogline.adapters.tokenfile import AdminGate, AdminWording, TokenFile
+from fogline.errors import InvalidInputError
 
 log = logging.getLogger(__name__)
 
-ADMIN_SERVICE = "admin"
 VERSION_PARAMETER = "version"
 """The load and unload parameter that names a version (string or int64)."""
 DISABLED = ("repository control disabled on this node: start it with an admin token file, or with TLS "
             "requiring client certificates for admin certificates")
 MISSING = ("missing admin credential: send metadata 'authorization: Bearer <token>' (the content of the "
            "node's admin token file) or connect with an admin client certificate")
-WRONG_TOKEN = "admin token not valid"
 NO_TOKENS = "this node takes no admin token (no admin token file): connect with an admin client certificate"
+WORDING = AdminWording(disabled=DISABLED, missing=MISSING, no_tokens=NO_TOKENS, surface="repository control")
 READY, UNAVAILABLE = "READY", "UNAVAILABLE"
 
 
@@ -74,31 +73,13 @@ class RepositoryAuth:
     client certificates (``certificates``), clients whose certificate names an admin."""
 
     def __init__(self, token: TokenFile | None, *, certificates: bool) -> None:
-        self.token = token
-        self.certificates = certificates
+        self._gate = AdminGate(token, certificates=certificates, wording=WORDING)
 
     def admit(self, context: grpc.aio.ServicerContext) -> str:
         """Who the call comes from (``token`` or the certificate's identity), for the log; raises
         UnauthenticatedError or PermissionDeniedError otherwise."""
-        if self.token is None and not self.certificates:
-            raise PermissionDeniedError(DISABLED)
-        identity = peer_identity(context) if self.certificates else None
-        if identity is not None and identity.service == ADMIN_SERVICE:
-            return identity.uri
-        presented = _bearer(context)
-        if presented is not None:
-            return self._check_token(presented)
-        if identity is not None:
-            raise PermissionDeniedError(f"certificate {identity.uri} is not an admin's: repository control takes "
-                                        f"spiffe://fogline/{ADMIN_SERVICE}/<id> certificates or the admin token")
-        raise UnauthenticatedError(MISSING)
-
-    def _check_token(self, presented: bytes) -> str:
-        if self.token is None:
-            raise UnauthenticatedError(NO_TOKENS)
-        if not self.token.matches(presented):
-            raise UnauthenticatedError(WRONG_TOKEN)
-        return "token"
+        identity = peer_identity(context) if self._gate.certificates else None
+        return self._gate.admit(identity, _bearer(context))
 
 
 def _bearer(context: grpc.aio.ServicerContext) -> bytes | None:

@@ -28,12 +28,11 @@ from aiohttp import web
 from fogline.adapters.http.status import DEFAULT_HEADER_TIMEOUT_S, HTTP_STATUS, serve_app
 from fogline.adapters.tls.http import peer_identity_of, server_ssl_context
 from fogline.adapters.tls.material import ClientAuth, TlsMaterial
-from fogline.adapters.tokenfile import TokenFile
+from fogline.adapters.tokenfile import AdminGate, AdminWording, TokenFile
 from fogline.errors import (
     FoglineError,
     InvalidInputError,
     OverloadedError,
-    PermissionDeniedError,
     UnauthenticatedError,
 )
 
@@ -43,14 +42,13 @@ AdminRoute = Callable[[web.Request], Awaitable[Any]]
 """Serves one admin request; returns the JSON-able body of the answer (or a ready response), or raises
 a FoglineError."""
 
-ADMIN_SERVICE = "admin"
 MAX_BODY_BYTES = 1024 * 1024
 DISABLED = "admin API disabled: start with --admin-token-file or TLS"
 MISSING = ("missing admin credential: send 'Authorization: Bearer <token>' (the content of the admin token "
            "file) or connect with an admin client certificate")
-WRONG_TOKEN = "admin token not valid"
 NO_TOKENS = "this server takes no admin tokens (no --admin-token-file): connect with an admin client certificate"
 INTERNAL = "internal error serving an admin request; see the server's log"
+WORDING = AdminWording(disabled=DISABLED, missing=MISSING, no_tokens=NO_TOKENS, surface="the admin API")
 
 
 class AdminAuth:
@@ -58,36 +56,19 @@ class AdminAuth:
     HTTPS) clients whose certificate names an admin. Neither configured: nobody."""
 
     def __init__(self, token_file: Path | None, material: TlsMaterial | None) -> None:
-        self._tokens = None if token_file is None else TokenFile(token_file)
-        self._tls = material is not None
+        self._gate = AdminGate(None if token_file is None else TokenFile(token_file), certificates=material is not None,
+                               wording=WORDING)
 
     @property
     def enabled(self) -> bool:
         """Whether any credential can be admitted."""
-        return self._tokens is not None or self._tls
+        return self._gate.enabled
 
     def admit(self, request: web.Request) -> str:
         """Who ``request`` comes from (for the log: ``token`` or the certificate's identity); raises
         UnauthenticatedError or PermissionDeniedError otherwise."""
-        if not self.enabled:
-            raise PermissionDeniedError(DISABLED)
-        identity = peer_identity_of(request) if self._tls else None
-        if identity is not None and identity.service == ADMIN_SERVICE:
-            return identity.uri
-        presented = _bearer(request.headers.get("Authorization"))
-        if presented is not None:
-            return self._check_token(presented)
-        if identity is not None:
-            raise PermissionDeniedError(f"certificate {identity.uri} is not an admin's: the admin API takes "
-                                        f"spiffe://fogline/{ADMIN_SERVICE}/<id> certificates or the admin token")
-        raise UnauthenticatedError(MISSING)
-
-    def _check_token(self, presented: bytes) -> str:
-        if self._tokens is None:
-            raise UnauthenticatedError(NO_TOKENS)
-        if not self._tokens.matches(presented):
-            raise UnauthenticatedError(WRONG_TOKEN)
-        return "token"
+        identity = peer_identity_of(request) if self._gate.certificates else None
+        return self._gate.admit(identity, _bearer(request.headers.get("Authorization")))
 
 
 def _bearer(header: str | None) -> bytes | None:
