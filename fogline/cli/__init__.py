@@ -15,10 +15,10 @@ if TYPE_CHECKING:
     from fogline.adapters.consul.discovery import ConsulDiscovery
     from fogline.servers.model_server import ModelServerSettings
 
-from fogline.adapters.tls.material import ClientAuth
 from fogline.cli import certs as certs_cli
 from fogline.cli import keys as keys_cli
 from fogline.cli import models as models_cli
+from fogline.cli import security_flags
 from fogline.core.escalation.catalog import CatalogError
 from fogline.core.serving.repository import ConfigError
 
@@ -51,59 +51,7 @@ def _common(p: argparse.ArgumentParser, *, region: bool = True) -> None:
     d.add_argument("--consul-deregister-after-s", type=float, default=60.0,
                    help="Consul drops this process after its check is critical this long (default 60)")
     d.add_argument("--consul-kv-prefix", default="fogline", help="KV prefix of the live catalog and policy")
-    t = p.add_argument_group("security (docs/security.md)")
-    t.add_argument("--tls-cert", type=Path, help="this process's certificate (PEM); with --tls-key and --tls-ca: "
-                                                  "TLS on every server, mTLS to every peer")
-    t.add_argument("--tls-key", type=Path, help="its private key (PEM)")
-    t.add_argument("--tls-ca", type=Path, help="the fleet CA certificate (PEM)")
-    t.add_argument("--client-auth", choices=[c.value for c in ClientAuth], default="require",
-                   help="inference clients must present a fleet certificate (require, default), or not (none; "
-                        "optional: not asked for by gRPC, verified if sent to REST); the control plane always "
-                        "requires one")
-    t.add_argument("--api-keys", type=Path, help="keys file (`fogline keys create`): inference then needs "
-                                                  "'authorization: Bearer <key>'")
-    t.add_argument("--join-token-file", type=Path,
-                   help="enrol with the join token in this file when --tls-cert does not exist yet "
-                        "(or FOGLINE_JOIN_TOKEN); the certificate is then written to --tls-cert/--tls-key")
-    t.add_argument("--enrol", help="host:port of the enrolment port of the master to enrol at")
-
-
-def _master_security(p: argparse.ArgumentParser) -> None:
-    """The flags of a master's enrolment and admin API."""
-    g = p.add_argument_group("fleet administration")
-    g.add_argument("--ca-dir", type=Path, help="the fleet CA directory (`fogline certs init`): sign enrolments and "
-                                               "renewals here")
-    g.add_argument("--enrol-port", type=int, default=0, help="port where nodes enrol with join tokens (0 = any)")
-    g.add_argument("--enrolled-cert-ttl-s", type=float, default=24 * 3600.0,
-                   help="lifetime of enrolled and renewed certificates (default 1 day; renewed at 2/3)")
-    g.add_argument("--admin-port", type=int, default=0, help="admin API port (0 = any free port)")
-    g.add_argument("--admin-token-file", type=Path, help="file with the admin bearer token")
-
-
-def _security(args: argparse.Namespace) -> dict[str, Any]:
-    """The security settings the flags ask for; ValueError for an incomplete set of TLS files."""
-    from fogline.adapters.tls.material import TlsFiles, TlsSettings
-
-    given = [args.tls_cert, args.tls_key, args.tls_ca]
-    tls = None
-    if any(given):
-        if not all(given):
-            raise UsageError("--tls-cert, --tls-key and --tls-ca go together: give all three")
-        tls = TlsSettings(files=TlsFiles(args.tls_cert, args.tls_key, args.tls_ca),
-                          client_auth=ClientAuth(args.client_auth))
-    token = os.environ.get("FOGLINE_JOIN_TOKEN") or None
-    if args.join_token_file:
-        token = args.join_token_file.read_text().strip()
-    return {"tls": tls, "api_keys": args.api_keys, "join_token": token, "enrol": args.enrol}
-
-
-def _master_admin(args: argparse.Namespace) -> dict[str, Any]:
-    return {"ca_dir": args.ca_dir, "enrol_port": args.enrol_port, "enrolled_cert_ttl_s": args.enrolled_cert_ttl_s,
-            "admin_port": args.admin_port, "admin_token_file": args.admin_token_file}
-
-
-class UsageError(ValueError):
-    """Flags that do not go together."""
+    security_flags.add_process_flags(p)
 
 
 def _model_server(p: argparse.ArgumentParser, service: str, id_help: str, master: str) -> None:
@@ -142,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--upstream", choices=("stream", "unary"), default="stream",
                       help="forward to devices over one multiplexed stream each (default) or a call per request")
     edge.add_argument("--cloud", help="cloud master control address host:port (omit to run without one)")
-    _master_security(edge)
+    security_flags.add_master_flags(edge)
     edge.add_argument("--device-queue-limit", type=int, default=128,
                       help="requests outstanding at a device node beyond which it counts as full; when all "
                            "holding a model are, requests overflow to the cloud (default 128)")
@@ -171,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the model registry's directory: pushes over the admin API (`fogline models push`), "
                             "reads on /v1/models (default: no registry)")
     cloud.add_argument("--max-model-mb", type=int, default=512, help="largest model push accepted, MiB (default 512)")
-    _master_security(cloud)
+    security_flags.add_master_flags(cloud)
 
     up = sub.add_parser("up", help="start a whole local stack with sample models")
     up.add_argument("--workdir", type=Path, default=DEFAULT_HOME,
@@ -194,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--batch", type=int, default=1, help="rows of random input (default 1)")
     infer.add_argument("--session", help="affinity key (fogline.session)")
     infer.add_argument("--timeout-s", type=float, default=10.0)
-    _client_tls(infer)
+    security_flags.add_client_flags(infer)
 
     calibrate = sub.add_parser("calibrate", help="choose a cascade's hardness threshold on labelled validation data")
     calibrate.add_argument("--url", help="edge master host:port (default: the edge of the running `fogline up`)")
@@ -209,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     goal.add_argument("--max-drop", type=float,
                       help="escalate as little as keeps accuracy within this of the cloud model's, e.g. 0.005")
     calibrate.add_argument("--batch", type=int, default=64, help="rows per request (default 64)")
-    _client_tls(calibrate)
+    security_flags.add_client_flags(calibrate)
 
     samples = sub.add_parser("samples", help="build the sample model repository")
     samples.add_argument("directory", type=Path)
@@ -231,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return commands[args.command](args)
     except ValueError as err:  # ConfigError, CatalogError: a file or flag to fix, not a crash
-        if not isinstance(err, (ConfigError, CatalogError, UsageError)):
+        if not isinstance(err, (ConfigError, CatalogError, security_flags.UsageError)):
             raise
         print(f"fogline {args.command}: {err}", file=sys.stderr)
         return 2
@@ -257,7 +205,7 @@ def _model_server_settings(cls: type[S], args: argparse.Namespace, **extra: Any)
         host=args.host, advertise_host=args.advertise_host, grpc_port=args.grpc_port, http_port=args.http_port,
         master=args.master, max_message_bytes=args.max_message_mb * MiB, drain_grace_s=args.drain_grace_s,
         fault_delay_s=args.fault_delay_ms / 1000, consul=_consul(args), admin_token_file=args.admin_token_file,
-        **_security(args), **extra,
+        **security_flags.process_settings(args), **extra,
     )
     if args.id:
         settings.node_id = args.id
@@ -291,7 +239,7 @@ def _edge(args: argparse.Namespace) -> int:
                                     escalation_timeout_s=args.escalation_timeout_s),
         dispatch=DispatchSettings(attempt_timeout_s=args.attempt_timeout_s),
         breaker=BreakerSettings(slow_call_s=args.slow_call_s, probe_timeout_s=max(args.slow_call_s, 0.05)),
-        consul=_consul(args), **_security(args), **_master_admin(args),
+        consul=_consul(args), **security_flags.process_settings(args), **security_flags.master_settings(args),
     )
     if args.id:
         settings.edge_id = args.id
@@ -300,11 +248,13 @@ def _edge(args: argparse.Namespace) -> int:
 
 def _cloud(args: argparse.Namespace) -> int:
     from cloud_master import CloudMaster, CloudSettings
+
     settings = CloudSettings(
         host=args.host, advertise_host=args.advertise_host, grpc_port=args.grpc_port,
         control_port=args.control_port, http_port=args.http_port, max_message_bytes=args.max_message_mb * MiB,
         member_ttl_s=args.member_ttl_s, drain_grace_s=args.drain_grace_s, catalog=args.catalog,
-        topology_refresh_s=args.topology_refresh_s, consul=_consul(args), **_security(args), **_master_admin(args),
+        topology_refresh_s=args.topology_refresh_s, consul=_consul(args), **security_flags.process_settings(args),
+        **security_flags.master_settings(args),
         model_store=args.model_store, max_model_bytes=args.max_model_mb * MiB,
     )
     if args.id:
@@ -338,29 +288,6 @@ def _samples(args: argparse.Namespace) -> int:
     return 0
 
 
-def _client_tls(p: argparse.ArgumentParser) -> None:
-    """A client's TLS and API-key flags (default: the credentials the state file names)."""
-    p.add_argument("--tls-ca", type=Path, help="CA certificate to trust (default: the running stack's)")
-    p.add_argument("--tls-cert", type=Path, help="client certificate (default: the running stack's)")
-    p.add_argument("--tls-key", type=Path, help="client key (default: the running stack's)")
-    p.add_argument("--api-key-file", type=Path, help="file holding an API key to send")
-
-
-def _client_security(args: argparse.Namespace) -> dict[str, Any]:
-    """``tls`` and ``api_key`` for the SDK from the flags, else from the running stack's state file."""
-    from fogline.sdk.client import TLS
-
-    tls_state: dict[str, str] = {}
-    if args.state.is_file():
-        tls_state = json.loads(args.state.read_text()).get("tls") or {}
-    ca = args.tls_ca or tls_state.get("ca")
-    cert = args.tls_cert or tls_state.get("client_cert")
-    key = args.tls_key or tls_state.get("client_key")
-    tls = TLS(ca=ca, cert=cert, key=key) if ca else None
-    api_key = args.api_key_file.read_text().strip() if args.api_key_file else None
-    return {"tls": tls, "api_key": api_key}
-
-
 def _stack_edge(url: str | None, state: Path) -> str | None:
     """``url``, else the first edge master of the running ``fogline up``; None (after saying why) if neither."""
     if url is not None:
@@ -384,7 +311,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     try:
         report = asyncio.run(calibrate(url, args.model, args.data, criterion=args.criterion, output=args.output,
                                        target_rate=args.target_rate, max_drop=args.max_drop, batch=args.batch,
-                                       **_client_security(args)))
+                                       **security_flags.client_settings(args)))
     except FoglineError as err:
         print(f"error: {err.code.value}: {err}", file=sys.stderr)
         return 1
@@ -402,7 +329,7 @@ def _infer(args: argparse.Namespace) -> int:
     url = _stack_edge(args.url, args.state)
     if url is None:
         return 2
-    with SyncClient(url, timeout_s=args.timeout_s, **_client_security(args)) as client:
+    with SyncClient(url, timeout_s=args.timeout_s, **security_flags.client_settings(args)) as client:
         try:
             if args.input:
                 inputs = {"input": np.load(args.input)}

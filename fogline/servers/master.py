@@ -23,7 +23,7 @@ from fogline.adapters.http import start_http
 from fogline.adapters.metrics import Metrics
 from fogline.adapters.tls.credentials import open_channel, server_credentials
 from fogline.adapters.tls.enrolment import DEFAULT_ENROLLED_TTL_S, CaEnroller, Enroller, Issued
-from fogline.adapters.tls.material import ClientAuth
+from fogline.adapters.tls.material import ClientAuth, TlsMaterial
 from fogline.core.control.limits import ControlLimits
 from fogline.core.control.registry import EmbeddedRegistry, MemberState
 from fogline.core.routing.breaker import BreakerSettings, BreakerState, CircuitBreaker
@@ -115,7 +115,7 @@ class Master:
             self.security.material.on_change(self._reconnect)
 
     @property
-    def material(self) -> Any:
+    def material(self) -> TlsMaterial | None:
         """The TLS material of this process (None in plaintext)."""
         return self.security.material if self.security else None
 
@@ -174,7 +174,7 @@ class Master:
         self.enroller = enroller = self._enroller(forward_enrolment)
         control = ControlServicer(self.registry, topology=topology, rules=MemberRules(secure=self.security is not None),
                                   enroller=enroller)
-        self._server, self._health = create_server(v2_handler(backend, self.metrics, api_keys=self.api_keys()),
+        self._server, self._health = create_server(v2_handler(backend, self.metrics, api_keys=s.load_api_keys()),
                                                    max_message_bytes=s.max_message_bytes)
         self._control, _ = create_server(registrars=[add_control(control)],
                                          max_message_bytes=CONTROL_MAX_MESSAGE_BYTES)
@@ -223,12 +223,6 @@ class Master:
             return None
         return _LocalRenewer(self.enroller, self.security.identity)
 
-    def api_keys(self) -> Any:
-        """The API keys inference needs (None: none)."""
-        from fogline.core.security.apikeys import ApiKeys
-
-        path = self._master_settings.api_keys
-        return ApiKeys(path) if path else None
 
     async def _expire_loop(self) -> None:
         while True:

@@ -116,18 +116,13 @@ class ModelServer:
                                                     fault_delay_s=s.fault_delay_s)
         self.metrics.add_gauges(self._gauges)
 
-        api_keys = None
-        if s.api_keys:
-            from fogline.core.security.apikeys import ApiKeys
-
-            api_keys = ApiKeys(s.api_keys)
         certificates = s.tls is not None and s.tls.client_auth is ClientAuth.REQUIRE
         try:
             repository = repository_handler(self, token_file=s.admin_token_file, certificates=certificates)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         self._server, self._health = create_server(
-            v2_handler(LocalBackend(dataplane, self.server_name), self.metrics, api_keys=api_keys), repository,
+            v2_handler(LocalBackend(dataplane, self.server_name), self.metrics, api_keys=s.load_api_keys()), repository,
             max_message_bytes=s.max_message_bytes)
         creds = server_credentials(security.material, s.tls.client_auth) if security and s.tls else None
         grpc_port = bind(self._server, s.host, s.grpc_port, credentials=creds)

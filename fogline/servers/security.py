@@ -26,7 +26,7 @@ from fogline.adapters.tls.certs import CLOCK_SKEW, identity_of, make_csr, not_af
 from fogline.adapters.tls.enrolment import Issued
 from fogline.adapters.tls.material import TlsMaterial, TlsSettings, write_private
 from fogline.core.control.backoff import Backoff
-from fogline.core.security.identity import Identity
+from fogline.core.security.identity import REGIONAL, Identity, IdentityError
 from fogline.errors import FoglineError
 from fogline.servers.settings import ProcessSettings
 
@@ -51,8 +51,6 @@ class Renewer(Protocol):
 
 def member_identity(service: str, member_id: str, region: str) -> Identity | None:
     """The identity a member's certificate must carry (None for names no certificate can hold)."""
-    from fogline.core.security.identity import REGIONAL, IdentityError
-
     try:
         return Identity(service=service, id=member_id, region=region if service in REGIONAL else "")
     except IdentityError:

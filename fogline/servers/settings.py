@@ -10,6 +10,7 @@ from pathlib import Path
 from fogline.adapters.consul.discovery import ConsulDiscovery
 from fogline.adapters.grpc.server import DEFAULT_MAX_MESSAGE_BYTES
 from fogline.adapters.tls.material import TlsSettings
+from fogline.core.security.apikeys import ApiKeys
 
 
 @dataclass(kw_only=True)
@@ -42,6 +43,10 @@ class ProcessSettings:
     """With ``tls`` whose certificate does not exist yet: enrol with this join token at ``enrol``."""
     enrol: str | None = None
     """host:port of the enrolment port of the master that signs this process's certificate."""
+
+    def load_api_keys(self) -> ApiKeys | None:
+        """The API keys inference needs (None: it needs none)."""
+        return ApiKeys(self.api_keys) if self.api_keys else None
 
     def plaintext_problem(self, *, allowed: bool) -> str | None:
         """Why this process must not start: plaintext on an address other than loopback, unless
