@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fogline.adapters.consul.discovery import ConsulFollower, LiveConfig
+from fogline.adapters.grpc.artefacts import registry_source
 from fogline.adapters.grpc.forward import RegionalBackend
 from fogline.adapters.grpc.upstream import GrpcUpstream, StreamUpstream
 from fogline.adapters.http.peers import fetch_statuses
@@ -22,15 +23,18 @@ from fogline.adapters.tls.http import client_ssl_context
 from fogline.core.control.limits import ControlLimits
 from fogline.core.control.membership import MembershipLoop
 from fogline.core.control.peer_status import edge_devices
-from fogline.core.control.registry import Load, Member, MemberState
+from fogline.core.control.registry import Load, Member, MemberState, versions_by_model
 from fogline.core.control.topology import TopologyPublisher
 from fogline.core.escalation.catalog import Catalog, describe, load_catalog
 from fogline.core.lifecycle.registry import ModelRegistry
+from fogline.core.lifecycle.rollout import JsonFileStore, RolloutController
 from fogline.core.routing.dispatch import RegionalDispatch
 from fogline.core.security.identity import Identity
+from fogline.servers.lifecycle import CloudModels
 from fogline.servers.master import Master, MasterSettings
 from fogline.servers.membership import join, leave_and_stop
 from fogline.servers.models_admin import DEFAULT_MAX_MODEL_BYTES, ModelRoutes
+from fogline.servers.rollouts_admin import RolloutRoutes
 from fogline.servers.security import member_identity
 
 log = logging.getLogger(__name__)
@@ -82,6 +86,14 @@ class CloudMaster(Master):
         self._status_context: ssl.SSLContext | None = None
         self.models = ModelRegistry(settings.model_store) if settings.model_store else None
         self.model_routes = ModelRoutes(self.models, max_model_bytes=settings.max_model_bytes)
+        # NOTE: rollouts live beside the registry, so that both survive a restart together.
+        self.rollouts = (RolloutController(JsonFileStore(settings.model_store / "rollouts.json"))
+                         if settings.model_store else None)
+        self.lifecycle = CloudModels(self.rollouts, self.registry) if self.rollouts else None
+        self.rollout_routes = RolloutRoutes(self.models, self.rollouts,
+                                            self.lifecycle.serving if self.lifecycle else lambda model: [])
+        self.metrics.add_counters(self._artefact_counters)
+        self.metrics.add_gauges(self._rollout_gauges)
 
     def identity(self) -> Identity:
         """``spiffe://fogline/cloud/<id>``."""
@@ -96,8 +108,14 @@ class CloudMaster(Master):
         s = self.settings
         await self._secure()
         backend = RegionalBackend(self.routing, name="fogline-cloud", ready=lambda: bool(self.pool.endpoints))
-        routes = {"/v1/topology": self.topology, **self.model_routes.status_routes()}
-        addresses = await self._serve(backend, topology=self.publisher, routes=routes)
+        routes = {"/v1/topology": self.topology, **self.model_routes.status_routes(),
+                  **self.rollout_routes.status_routes()}
+        lifecycle = self.lifecycle
+        addresses = await self._serve(backend, topology=self.publisher, routes=routes, models=lifecycle,
+                                      artefacts=registry_source(self.models) if self.models else None,
+                                      on_sent=lifecycle.sent if lifecycle else None)
+        if lifecycle is not None:
+            lifecycle.start()
         self.endpoints = {"id": s.cloud_id, **addresses}
         if self.security is not None:
             self.security.start(renew_with=self.self_renewer())
@@ -111,8 +129,26 @@ class CloudMaster(Master):
         return dict(self.endpoints)
 
     def extra_admin_routes(self) -> dict[tuple[str, str], Any]:
-        """The model registry's admin routes (push, list, show)."""
-        return dict(self.model_routes.admin_routes())
+        """The model registry's admin routes (push, list, show) and the rollouts'."""
+        return {**self.model_routes.admin_routes(), **self.rollout_routes.admin_routes()}
+
+    def _artefact_counters(self) -> list[tuple[str, str, dict[str, str], float]]:
+        sent = self.lifecycle.bytes_sent if self.lifecycle else 0
+        return [("fogline_artefact_bytes_sent", "Artefact bytes this master sent to its members", {}, float(sent))]
+
+    def _rollout_gauges(self) -> list[tuple[str, str, dict[str, str], float]]:
+        if self.rollouts is None:
+            return []
+        out = []
+        for r in self.rollouts.list():
+            labels = {"model": r.model, "version": r.version}
+            out.append(("fogline_rollout_percent", "Share of the model's traffic the rollout's version has now, %",
+                        labels, float(r.percent if r.state in ("running", "paused") else
+                                      100 if r.state == "done" else 0)))
+            for state in ("running", "paused", "done", "rolled_back"):
+                out.append(("fogline_rollout_state", "1 for the rollout's state", {**labels, "state": state},
+                            float(r.state == state)))
+        return out
 
     def _member(self) -> Member:
         return Member(id=self.settings.cloud_id, service="cloud", address=self.endpoints["grpc"],
@@ -133,7 +169,8 @@ class CloudMaster(Master):
         m = state.member
         endpoint = self.pool.endpoints.get(m.id)
         return {"id": m.id, "region": m.region, "address": m.address, "http": m.http_address,
-                "models": sorted(m.models), "capacity": m.capacity, "checked": state.checked,
+                "models": sorted(m.models), "versions": versions_by_model(m), "capacity": m.capacity,
+                "checked": state.checked,
                 "load": {"in_flight": state.load.in_flight, "queue_depth": state.load.queue_depth,
                          "outstanding": endpoint.outstanding if endpoint else 0},
                 "breaker": endpoint.breaker.snapshot() if endpoint else None}
@@ -146,6 +183,8 @@ class CloudMaster(Master):
                 "workers": [self._describe(s) for s in self.registry.members("worker", include_unchecked=True)],
                 "topology_version": self.publisher.version, "dispatch": self.routing.any.snapshot(),
                 "catalog": [describe(e) for e in self.publisher.catalog.entries.values()],
+                "rollouts": [self.rollouts.status_json(r.model) for r in self.rollouts.list()] if self.rollouts else [],
+                "artefact_bytes_sent": self.lifecycle.bytes_sent if self.lifecycle else 0,
                 "discovery": {**self.consul.status(), "live_config_error": self.live.error} if self.consul
                 else {"kind": "embedded"}}
 
@@ -182,6 +221,8 @@ class CloudMaster(Master):
 
     async def drain(self) -> None:
         """Stop following Consul, leave it, then stop serving."""
+        if self.lifecycle is not None:
+            await self.lifecycle.stop()
         if self.consul is not None:
             await self.consul.stop()
         await leave_and_stop(self.membership, self._stop_serving)

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import logging
 import socket
+import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from fogline.adapters.consul.discovery import ConsulFollower, LiveConfig
+from fogline.adapters.grpc.artefacts import cache_source
 from fogline.adapters.grpc.codec import V2Messages
 from fogline.adapters.grpc.control import GrpcControlClient
 from fogline.adapters.grpc.forward import EdgeBackend
@@ -21,14 +24,17 @@ from fogline.adapters.metrics import GaugeSample
 from fogline.adapters.tls.enrolment import ForwardingEnroller
 from fogline.core.control.limits import ControlLimits
 from fogline.core.control.membership import MembershipLoop
-from fogline.core.control.registry import Load, Member, MemberState
+from fogline.core.control.registry import Load, Member, MemberState, versions_by_model
 from fogline.core.control.topology import TopologyFollower, TopologySnapshot, worker_states
 from fogline.core.escalation.catalog import Catalog
 from fogline.core.escalation.router import EdgeRouter, EdgeRoutingSettings
+from fogline.core.lifecycle.cache import ArtefactCache
+from fogline.core.lifecycle.traffic import VersionTraffic
 from fogline.core.routing.breaker import CircuitBreaker
 from fogline.core.routing.dispatch import Dispatcher
 from fogline.core.routing.pool import EndpointPool
 from fogline.core.security.identity import Identity, group_dns_name
+from fogline.servers.lifecycle import EdgeModels, ModelSyncLoop
 from fogline.servers.master import Master, MasterSettings
 from fogline.servers.membership import join, leave_and_stop
 
@@ -51,6 +57,13 @@ class EdgeSettings(MasterSettings):
     come from Consul."""
     routing: EdgeRoutingSettings = field(default_factory=EdgeRoutingSettings)
     """Overflow threshold and how long a cascade waits for the cloud."""
+    cache_dir: Path | None = None
+    """Where model artefacts fetched from the cloud master are kept for the region's devices (None: a
+    temporary directory, emptied with the process)."""
+    cache_mb: int = 2048
+    """The artefact cache's size limit, MiB; least recently used artefacts go first."""
+    fetch_rate_mbps: float | None = None
+    """The most this edge fetches artefacts from the cloud at, megabits a second (None: no limit)."""
 
 
 class EdgeMaster(Master):
@@ -74,8 +87,12 @@ class EdgeMaster(Master):
         self._pools.append(self.workers)
         cloud: Dispatcher[bytes] = Dispatcher(self.workers, "the cloud tier", settings.dispatch,  # type: ignore[arg-type]
                                               on_attempt=self.metrics.count_attempt)
+        self.traffic = VersionTraffic()
         self.router = EdgeRouter(self.dispatcher, cloud, V2Messages(max_message_bytes=settings.max_message_bytes),
-                                 settings=settings.routing)
+                                 settings=settings.routing, traffic=self.traffic)
+        self.models: EdgeModels | None = None
+        self.model_sync: ModelSyncLoop | None = None
+        self._cache_tmp: tempfile.TemporaryDirectory[str] | None = None
         self.membership: MembershipLoop | None = None
         self.topology: TopologyFollower | None = None
         self.consul: ConsulFollower | None = None
@@ -146,7 +163,13 @@ class EdgeMaster(Master):
                               metrics=self.metrics)
         client = (GrpcControlClient(s.cloud, material=self.material, server_name=self.parent_server_name)
                   if s.cloud and s.consul is None else None)
-        addresses = await self._serve(backend, forward_enrolment=ForwardingEnroller(client) if client else None)
+        cloud_artefacts = client.artefact_stream() if client else None
+        self.models = models = EdgeModels(self.pool, self.traffic, self._cache(), cloud_artefacts, self.registry,
+                                          rate_mbps=s.fetch_rate_mbps)
+        self.metrics.add_gauges(models.gauges)
+        self.metrics.add_counters(models.counters)
+        addresses = await self._serve(backend, forward_enrolment=ForwardingEnroller(client) if client else None,
+                                      models=models, artefacts=cache_source(models.cache), on_sent=models.served)
         self.endpoints = {"id": s.edge_id, "region": s.region, **addresses}
         if self.security is not None:
             self.security.start(renew_with=client)
@@ -160,7 +183,19 @@ class EdgeMaster(Master):
             self.membership = join(client, self._member, self._load)
             self.topology = TopologyFollower(client, self._apply_topology, watcher_id=s.edge_id, region=s.region)
             self.topology.start()
+            membership = self.membership
+            self.model_sync = ModelSyncLoop(client, s.edge_id, loaded=models.loaded, apply=models.apply,
+                                            reports=models.reports, registered=membership.registered,
+                                            interval=lambda: membership.interval_s)
+            self.model_sync.start()
         return dict(self.endpoints)
+
+    def _cache(self) -> ArtefactCache:
+        directory = self.settings.cache_dir
+        if directory is None:
+            self._cache_tmp = tempfile.TemporaryDirectory(prefix="fogline-artefacts-")
+            directory = Path(self._cache_tmp.name)
+        return ArtefactCache(directory, self.settings.cache_mb * 1024 * 1024)
 
     def _member(self) -> Member:
         """This edge as the cloud master sees it; heartbeats carry its models as devices come and go:
@@ -208,6 +243,7 @@ class EdgeMaster(Master):
             endpoint = self.pool.endpoints.get(m.id)
             devices.append({
                 "id": m.id, "address": m.address, "http": m.http_address, "models": sorted(m.models),
+                "versions": versions_by_model(m),
                 "checked": state.checked,  # its health check passed: it may take traffic
                 "capacity": m.capacity,
                 "load": {"in_flight": state.load.in_flight, "queue_depth": state.load.queue_depth},
@@ -219,7 +255,9 @@ class EdgeMaster(Master):
         return {"tier": "edge", **self.endpoints, "ready": self.readiness()[0],
                 "registered": self.membership.registered.is_set() if self.membership else None,
                 "models": self.router.models(), "devices": devices, "dispatch": self.dispatcher.snapshot(),
-                "cloud": self._cloud_status(), "discovery": self._discovery_status()}
+                "cloud": self._cloud_status(), "discovery": self._discovery_status(),
+                "lifecycle": {**self.models.status(), "sync": self.model_sync.status() if self.model_sync else None}
+                if self.models else None}
 
     def _discovery_status(self) -> dict[str, Any]:
         if self.consul is None:
@@ -242,6 +280,11 @@ class EdgeMaster(Master):
         first), then stop serving."""
         if self.topology is not None:
             await self.topology.stop()
+        if self.model_sync is not None:
+            await self.model_sync.stop()
         if self.consul is not None:
             await self.consul.stop()
         await leave_and_stop(self.membership, self._stop_serving)
+        if self._cache_tmp is not None:
+            self._cache_tmp.cleanup()
+

@@ -13,6 +13,7 @@ status (``fogline.adapters.grpc.status`` for gRPC, ``fogline.adapters.http`` for
     ├── DeadlineExceededError   DEADLINE_EXCEEDED   the caller's deadline passed
     ├── UnauthenticatedError    UNAUTHENTICATED     no credential, or a wrong one (API key, join token)
     ├── PermissionDeniedError   PERMISSION_DENIED   a good credential that may not do this
+    ├── ConflictError           FAILED_PRECONDITION not now: the state forbids it (a rollout already runs)
     └── InternalError           INTERNAL            a bug or a runtime failure
 
 :class:`PortInUseError` is not a request's error: a process could not listen where it was told to.
@@ -38,6 +39,7 @@ class ErrorCode(enum.Enum):
     UNAUTHENTICATED = "UNAUTHENTICATED"
     PERMISSION_DENIED = "PERMISSION_DENIED"
     INTERNAL = "INTERNAL"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
 
 
 # NOTE: only these say something about the peer's health; a client's bad input never does.
@@ -121,6 +123,13 @@ class PermissionDeniedError(FoglineError):
     code = ErrorCode.PERMISSION_DENIED
 
 
+class ConflictError(FoglineError):
+    """A valid request the current state does not allow: a second rollout of a model that has one
+    running, a rollback with nothing to roll back to."""
+
+    code = ErrorCode.FAILED_PRECONDITION
+
+
 class InternalError(FoglineError):
     """A bug or a runtime failure."""
 
@@ -130,7 +139,7 @@ class InternalError(FoglineError):
 _BY_CODE: dict[ErrorCode, type[FoglineError]] = {
     cls.code: cls
     for cls in (ModelNotFoundError, InvalidInputError, UnavailableError, OverloadedError,
-                DeadlineExceededError, UnauthenticatedError, PermissionDeniedError, InternalError)
+                DeadlineExceededError, UnauthenticatedError, PermissionDeniedError, ConflictError, InternalError)
 }
 
 

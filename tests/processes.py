@@ -52,13 +52,18 @@ class ProcessGroup:
 def get_json(url: str, *, tls: dict[str, str] | None = None) -> Any:
     """GET ``url`` as JSON; with ``tls`` (a state file's ``tls``: ca, client_cert, client_key) over
     HTTPS with that CA and client certificate."""
+    return json.loads(get_text(url, tls=tls))
+
+
+def get_text(url: str, *, tls: dict[str, str] | None = None) -> str:
+    """GET ``url``'s body as text (``tls`` as for :func:`get_json`)."""
     context = None
     if tls:
         url = url.replace("http://", "https://", 1)
         context = ssl.create_default_context(cafile=tls["ca"])
         context.load_cert_chain(tls["client_cert"], tls["client_key"])
     with urllib.request.urlopen(url, timeout=5, context=context) as reply:
-        return json.load(reply)
+        return str(reply.read().decode())
 
 
 def registered_devices(edge: Launched) -> set[str]:

@@ -164,3 +164,145 @@ class Topology(_message.Message):
     catalog: _containers.RepeatedCompositeFieldContainer[CatalogEntry]
     refresh_ms: int
     def __init__(self, version: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerState, _Mapping]]] = ..., catalog: _Optional[_Iterable[_Union[CatalogEntry, _Mapping]]] = ..., refresh_ms: _Optional[int] = ...) -> None: ...
+
+class ModelVersion(_message.Message):
+    __slots__ = ("name", "version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class Artefact(_message.Message):
+    __slots__ = ("path", "digest", "size")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    digest: str
+    size: int
+    def __init__(self, path: _Optional[str] = ..., digest: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
+
+class VersionManifest(_message.Message):
+    __slots__ = ("name", "version", "files", "config")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    files: _containers.RepeatedCompositeFieldContainer[Artefact]
+    config: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., files: _Optional[_Iterable[_Union[Artefact, _Mapping]]] = ..., config: _Optional[str] = ...) -> None: ...
+
+class ModelPlan(_message.Message):
+    __slots__ = ("name", "rollout_id", "stable", "canary", "canary_share", "step", "state", "shadow_share")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
+    STABLE_FIELD_NUMBER: _ClassVar[int]
+    CANARY_FIELD_NUMBER: _ClassVar[int]
+    CANARY_SHARE_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_SHARE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    rollout_id: str
+    stable: VersionManifest
+    canary: VersionManifest
+    canary_share: float
+    step: int
+    state: str
+    shadow_share: float
+    def __init__(self, name: _Optional[str] = ..., rollout_id: _Optional[str] = ..., stable: _Optional[_Union[VersionManifest, _Mapping]] = ..., canary: _Optional[_Union[VersionManifest, _Mapping]] = ..., canary_share: _Optional[float] = ..., step: _Optional[int] = ..., state: _Optional[str] = ..., shadow_share: _Optional[float] = ...) -> None: ...
+
+class InstallState(_message.Message):
+    __slots__ = ("name", "version", "state", "bytes_done", "bytes_total", "error")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    state: str
+    bytes_done: int
+    bytes_total: int
+    error: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[str] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+
+class VersionStats(_message.Message):
+    __slots__ = ("requests", "errors", "p99_ms", "mirrored", "disagreed", "judged", "escalated")
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    P99_MS_FIELD_NUMBER: _ClassVar[int]
+    MIRRORED_FIELD_NUMBER: _ClassVar[int]
+    DISAGREED_FIELD_NUMBER: _ClassVar[int]
+    JUDGED_FIELD_NUMBER: _ClassVar[int]
+    ESCALATED_FIELD_NUMBER: _ClassVar[int]
+    requests: int
+    errors: int
+    p99_ms: float
+    mirrored: int
+    disagreed: int
+    judged: int
+    escalated: int
+    def __init__(self, requests: _Optional[int] = ..., errors: _Optional[int] = ..., p99_ms: _Optional[float] = ..., mirrored: _Optional[int] = ..., disagreed: _Optional[int] = ..., judged: _Optional[int] = ..., escalated: _Optional[int] = ...) -> None: ...
+
+class RolloutReport(_message.Message):
+    __slots__ = ("name", "rollout_id", "step", "devices", "devices_ready", "canary", "stable", "window_s", "install_error")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_READY_FIELD_NUMBER: _ClassVar[int]
+    CANARY_FIELD_NUMBER: _ClassVar[int]
+    STABLE_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    INSTALL_ERROR_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    rollout_id: str
+    step: int
+    devices: int
+    devices_ready: int
+    canary: VersionStats
+    stable: VersionStats
+    window_s: float
+    install_error: str
+    def __init__(self, name: _Optional[str] = ..., rollout_id: _Optional[str] = ..., step: _Optional[int] = ..., devices: _Optional[int] = ..., devices_ready: _Optional[int] = ..., canary: _Optional[_Union[VersionStats, _Mapping]] = ..., stable: _Optional[_Union[VersionStats, _Mapping]] = ..., window_s: _Optional[float] = ..., install_error: _Optional[str] = ...) -> None: ...
+
+class SyncModelsRequest(_message.Message):
+    __slots__ = ("id", "loaded", "installs", "rollouts")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    LOADED_FIELD_NUMBER: _ClassVar[int]
+    INSTALLS_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUTS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    loaded: _containers.RepeatedCompositeFieldContainer[ModelVersion]
+    installs: _containers.RepeatedCompositeFieldContainer[InstallState]
+    rollouts: _containers.RepeatedCompositeFieldContainer[RolloutReport]
+    def __init__(self, id: _Optional[str] = ..., loaded: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., installs: _Optional[_Iterable[_Union[InstallState, _Mapping]]] = ..., rollouts: _Optional[_Iterable[_Union[RolloutReport, _Mapping]]] = ...) -> None: ...
+
+class SyncModelsResponse(_message.Message):
+    __slots__ = ("known", "plans")
+    KNOWN_FIELD_NUMBER: _ClassVar[int]
+    PLANS_FIELD_NUMBER: _ClassVar[int]
+    known: bool
+    plans: _containers.RepeatedCompositeFieldContainer[ModelPlan]
+    def __init__(self, known: _Optional[bool] = ..., plans: _Optional[_Iterable[_Union[ModelPlan, _Mapping]]] = ...) -> None: ...
+
+class FetchArtefactRequest(_message.Message):
+    __slots__ = ("digest", "offset")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    offset: int
+    def __init__(self, digest: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class ArtefactChunk(_message.Message):
+    __slots__ = ("data", "size")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    size: int
+    def __init__(self, data: _Optional[bytes] = ..., size: _Optional[int] = ...) -> None: ...

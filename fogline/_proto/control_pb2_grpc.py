@@ -64,6 +64,16 @@ class ControlStub:
                 request_serializer=control__pb2.RenewRequest.SerializeToString,
                 response_deserializer=control__pb2.Certificate.FromString,
                 _registered_method=True)
+        self.SyncModels = channel.unary_unary(
+                '/fogline.control.v1.Control/SyncModels',
+                request_serializer=control__pb2.SyncModelsRequest.SerializeToString,
+                response_deserializer=control__pb2.SyncModelsResponse.FromString,
+                _registered_method=True)
+        self.FetchArtefact = channel.unary_stream(
+                '/fogline.control.v1.Control/FetchArtefact',
+                request_serializer=control__pb2.FetchArtefactRequest.SerializeToString,
+                response_deserializer=control__pb2.ArtefactChunk.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -118,6 +128,23 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SyncModels(self, request, context):
+        """Model lifecycle, every heartbeat interval: a member reports the model versions it has loaded, its
+        installs, and (an edge master) how each rollout is doing in its region; the answer is the model
+        plans it follows (which versions to hold, and the share of traffic of each).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchArtefact(self, request, context):
+        """An artefact's bytes by digest, from `offset` on, in chunks (a broken transfer resumes where it
+        stopped). Devices fetch from their edge master, edge masters from the cloud master.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -150,6 +177,16 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.Renew,
                     request_deserializer=control__pb2.RenewRequest.FromString,
                     response_serializer=control__pb2.Certificate.SerializeToString,
+            ),
+            'SyncModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.SyncModels,
+                    request_deserializer=control__pb2.SyncModelsRequest.FromString,
+                    response_serializer=control__pb2.SyncModelsResponse.SerializeToString,
+            ),
+            'FetchArtefact': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchArtefact,
+                    request_deserializer=control__pb2.FetchArtefactRequest.FromString,
+                    response_serializer=control__pb2.ArtefactChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -314,6 +351,60 @@ class Control:
             '/fogline.control.v1.Control/Renew',
             control__pb2.RenewRequest.SerializeToString,
             control__pb2.Certificate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SyncModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fogline.control.v1.Control/SyncModels',
+            control__pb2.SyncModelsRequest.SerializeToString,
+            control__pb2.SyncModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchArtefact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fogline.control.v1.Control/FetchArtefact',
+            control__pb2.FetchArtefactRequest.SerializeToString,
+            control__pb2.ArtefactChunk.FromString,
             options,
             channel_credentials,
             insecure,

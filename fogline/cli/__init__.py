@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 from fogline.cli import certs as certs_cli
 from fogline.cli import keys as keys_cli
 from fogline.cli import models as models_cli
+from fogline.cli import rollout as rollout_cli
 from fogline.cli import security_flags
 from fogline.core.escalation.catalog import CatalogError
 from fogline.core.serving.repository import ConfigError
@@ -63,6 +64,8 @@ def _model_server(p: argparse.ArgumentParser, service: str, id_help: str, master
     p.add_argument("--master", help=f"{master} control address host:port (omit to run stand-alone)")
     p.add_argument("--fault-delay-ms", type=float, default=0.0,
                    help="testing aid (chaos suites): delay every inference this long, as a slow node would")
+    p.add_argument("--fetch-rate-mbps", type=float,
+                   help="most this node fetches model artefacts from its master at, megabits/s (default: no limit)")
     p.add_argument("--admin-token-file", type=Path,
                    help="file with the admin bearer token for Triton's repository calls (index, load, unload); "
                         "an admin client certificate works too")
@@ -91,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="forward to devices over one multiplexed stream each (default) or a call per request")
     edge.add_argument("--cloud", help="cloud master control address host:port (omit to run without one)")
     security_flags.add_master_flags(edge)
+    edge.add_argument("--cache-dir", type=Path,
+                      help="artefact cache for the region's devices (default: a temporary directory)")
+    edge.add_argument("--cache-mb", type=int, default=2048, help="artefact cache size limit, MiB (default 2048)")
+    edge.add_argument("--fetch-rate-mbps", type=float,
+                      help="most this edge fetches artefacts from the cloud at, megabits/s (default: no limit)")
     edge.add_argument("--device-queue-limit", type=int, default=128,
                       help="requests outstanding at a device node beyond which it counts as full; when all "
                            "holding a model are, requests overflow to the cloud (default 128)")
@@ -164,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     certs_cli.add_parser(sub)
     keys_cli.add_parser(sub)
     models_cli.add_parser(sub, DEFAULT_HOME)
+    rollout_cli.add_parser(sub, DEFAULT_HOME)
     return parser
 
 
@@ -171,11 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.command in ("infer", "calibrate", "samples", "certs", "keys", "models") and hasattr(signal, "SIGPIPE"):
+    clients = ("infer", "calibrate", "samples", "certs", "keys", "models", "rollout")
+    if args.command in clients and hasattr(signal, "SIGPIPE"):
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `fogline infer | head` ends quietly
     commands = {"device": _device, "worker": _worker, "edge": _edge, "cloud": _cloud, "up": _up,
                 "infer": _infer, "samples": _samples, "calibrate": _calibrate, "certs": certs_cli.run,
-                "keys": keys_cli.run, "models": models_cli.run}
+                "keys": keys_cli.run, "models": models_cli.run, "rollout": rollout_cli.run}
     try:
         return commands[args.command](args)
     except ValueError as err:  # ConfigError, CatalogError: a file or flag to fix, not a crash
@@ -205,7 +215,7 @@ def _model_server_settings(cls: type[S], args: argparse.Namespace, **extra: Any)
         host=args.host, advertise_host=args.advertise_host, grpc_port=args.grpc_port, http_port=args.http_port,
         master=args.master, max_message_bytes=args.max_message_mb * MiB, drain_grace_s=args.drain_grace_s,
         fault_delay_s=args.fault_delay_ms / 1000, consul=_consul(args), admin_token_file=args.admin_token_file,
-        **security_flags.process_settings(args), **extra,
+        fetch_rate_mbps=args.fetch_rate_mbps, **security_flags.process_settings(args), **extra,
     )
     if args.id:
         settings.node_id = args.id
@@ -234,7 +244,8 @@ def _edge(args: argparse.Namespace) -> int:
         region=args.region, host=args.host, advertise_host=args.advertise_host, grpc_port=args.grpc_port,
         control_port=args.control_port, http_port=args.http_port, max_message_bytes=args.max_message_mb * MiB,
         member_ttl_s=args.member_ttl_s, drain_grace_s=args.drain_grace_s,
-        upstream_streams=args.upstream == "stream", cloud=args.cloud,
+        upstream_streams=args.upstream == "stream", cloud=args.cloud, cache_dir=args.cache_dir,
+        cache_mb=args.cache_mb, fetch_rate_mbps=args.fetch_rate_mbps,
         routing=EdgeRoutingSettings(device_queue_limit=args.device_queue_limit,
                                     escalation_timeout_s=args.escalation_timeout_s),
         dispatch=DispatchSettings(attempt_timeout_s=args.attempt_timeout_s),

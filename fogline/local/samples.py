@@ -9,7 +9,7 @@ Weights come from a seeded generator, so every build is byte-identical.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -62,29 +62,56 @@ def build_mlp(model_dir: Path, seed: int = 1) -> None:
     _write(model_dir, graph, MLP_CONFIG)
 
 
-def build_cnn(model_dir: Path, seed: int = 2) -> None:
-    """Write the ``cnn`` sample (ONNX and config.toml) under ``model_dir``."""
+def build_cnn(model_dir: Path, seed: int = 2, *, slowdown: int = 1, fail_above: float | None = None,
+              logit_scale: float = 1.0) -> None:
+    """Write the ``cnn`` sample (ONNX and config.toml) under ``model_dir``.
+
+    Two faulty variants, to try a rollout's gates on (same signature, same answers when they answer):
+    ``slowdown`` runs the convolutions that many times (the extra runs add zero to the answer), and
+    ``fail_above`` makes the model fail (an out-of-range Gather: INTERNAL) on every image whose mean
+    pixel exceeds it (about half of random normal images for 0.0; zeros pass, so validation does).
+    ``logit_scale`` scales the answers (another file and other numbers, the same argmax: a "retrained"
+    version that agrees with the original)."""
     from onnx import TensorProto, helper
 
     rng = np.random.default_rng(seed)
     inits: list[TensorProto] = []
-    nodes, prev = [], "input"
-    for i, (cin, cout, stride) in enumerate(CNN_CHANNELS):
+    for i, (cin, cout, _) in enumerate(CNN_CHANNELS):
         inits += [_init(f"c{i}w", rng.normal(0, (2 / (cin * 9)) ** 0.5, (cout, cin, 3, 3))),
                   _init(f"c{i}b", np.zeros(cout))]
-        nodes += [
-            helper.make_node("Conv", [prev, f"c{i}w", f"c{i}b"], [f"c{i}"], kernel_shape=[3, 3],
-                             pads=[1, 1, 1, 1], strides=[stride, stride]),
-            helper.make_node("Relu", [f"c{i}"], [f"r{i}"]),
-        ]
-        prev = f"r{i}"
     width = CNN_CHANNELS[-1][1]
-    inits += [_init("fw", rng.normal(0, (1 / width) ** 0.5, (width, 10))), _init("fb", np.zeros(10))]
-    nodes += [
-        helper.make_node("GlobalAveragePool", [prev], ["pool"]),
-        helper.make_node("Flatten", ["pool"], ["flat"]),
-        helper.make_node("Gemm", ["flat", "fw", "fb"], ["logits"]),
-    ]
+    inits += [_init("fw", logit_scale * rng.normal(0, (1 / width) ** 0.5, (width, 10))), _init("fb", np.zeros(10))]
+    nodes = _cnn_stack("", "logits")
+    extra = [f"logits_x{k}" for k in range(1, slowdown)]
+    for k, out in enumerate(extra, start=1):
+        # NOTE: each extra run reads its own scaled copy of the input, or ONNX Runtime merges them all.
+        inits.append(_init(f"scale_x{k}", np.array([1.0 + k * 1e-3])))
+        nodes.append(helper.make_node("Mul", ["input", f"scale_x{k}"], [f"input_x{k}"]))
+        nodes += _cnn_stack(f"_x{k}", out, source=f"input_x{k}")
+    final = "logits"
+    if extra:
+        inits.append(_init("zero", np.zeros(1)))
+        nodes += [helper.make_node("Sum", extra, ["extra"]), helper.make_node("Mul", ["extra", "zero"], ["nothing"]),
+                  helper.make_node("Add", ["logits", "nothing"], ["slow"])]
+        final = "slow"
+    if fail_above is not None:
+        from onnx import numpy_helper
+
+        inits += [_init("threshold", np.array([fail_above])), _init("pad", np.zeros(1)),
+                  numpy_helper.from_array(np.array([1000], np.int64), "far"),
+                  numpy_helper.from_array(np.array([1], np.int64), "axis1")]
+        nodes += [helper.make_node("ReduceMean", ["input"], ["mean"], axes=[1, 2, 3], keepdims=0),
+                  helper.make_node("Greater", ["mean", "threshold"], ["bad"]),
+                  helper.make_node("Cast", ["bad"], ["bad_i"], to=TensorProto.INT64),
+                  helper.make_node("Mul", ["bad_i", "far"], ["index"]),
+                  helper.make_node("Gather", ["pad", "index"], ["gathered"], axis=0),
+                  helper.make_node("Unsqueeze", ["gathered", "axis1"], ["column"]),
+                  helper.make_node("Add", [final, "column"], ["checked"])]
+        final = "checked"
+    if final != "logits":
+        nodes.append(helper.make_node("Identity", [final], ["output_logits"]))
+        nodes = [_rename_output(n, "logits", "logits_0") for n in nodes]
+        nodes = [_rename_output(n, "output_logits", "logits") for n in nodes]
     graph = helper.make_graph(
         nodes, "cnn",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 64, 64])],
@@ -92,6 +119,34 @@ def build_cnn(model_dir: Path, seed: int = 2) -> None:
         inits,
     )
     _write(model_dir, graph, CNN_CONFIG)
+
+
+def _cnn_stack(suffix: str, output: str, source: str = "input") -> list[Any]:
+    """The convolutions, pooling and dense layer of ``cnn`` on ``source`` (shared weights), into ``output``."""
+    from onnx import helper
+
+    nodes, prev = [], source
+    for i, (_, _, stride) in enumerate(CNN_CHANNELS):
+        nodes += [
+            helper.make_node("Conv", [prev, f"c{i}w", f"c{i}b"], [f"c{i}{suffix}"], kernel_shape=[3, 3],
+                             pads=[1, 1, 1, 1], strides=[stride, stride]),
+            helper.make_node("Relu", [f"c{i}{suffix}"], [f"r{i}{suffix}"]),
+        ]
+        prev = f"r{i}{suffix}"
+    return nodes + [
+        helper.make_node("GlobalAveragePool", [prev], [f"pool{suffix}"]),
+        helper.make_node("Flatten", [f"pool{suffix}"], [f"flat{suffix}"]),
+        helper.make_node("Gemm", [f"flat{suffix}", "fw", "fb"], [output]),
+    ]
+
+
+def _rename_output(node: Any, old: str, new: str) -> Any:
+    """``node`` with the tensor ``old`` renamed ``new`` wherever it reads or writes it."""
+    for names in (node.input, node.output):
+        for i, name in enumerate(names):
+            if name == old:
+                names[i] = new
+    return node
 
 
 MLP_CONFIG = """\

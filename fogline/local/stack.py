@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import ssl
 import subprocess
@@ -103,6 +104,16 @@ class LocalStack:
             raise StackError(f"building the digits models failed:\n{built.stdout}{built.stderr}")
         return models
 
+    def _device_repository(self, device_id: str) -> Path:
+        """A device's own model repository (as on a real device: its own disk), holding the sample device
+        models; versions it installs from its edge master are added there and kept across restarts."""
+        assert self._models is not None
+        own = self.workdir / "nodes" / device_id / "models"
+        for name in DEVICE_MODELS:
+            if not (own / name).exists():
+                shutil.copytree(self._models / name, own / name)
+        return own
+
     def fixed_ports(self) -> dict[str, int]:
         """The ports asked for by flag (not 0), by flag."""
         ports = {"--edge-port": self.edge_port, "--edge-http-port": self.edge_http_port,
@@ -131,7 +142,8 @@ class LocalStack:
                 "--cloud", cloud["control"], *self._admin_flags(ca=False),
                 identity=Identity(service="edge", id=f"{region}-edge", region=region), stop_order=1))
         devices = [self._spawn(f"{region}-device-{d}", "device", "--region", region, "--id", f"{region}-device-{d}",
-                               "--models", str(models), *_only(DEVICE_MODELS), "--master", edge["control"],
+                               "--models", str(self._device_repository(f"{region}-device-{d}")),
+                               *_only(DEVICE_MODELS), "--master", edge["control"],
                                *self._admin_flags(ca=False),
                                identity=Identity(service="device", id=f"{region}-device-{d}", region=region),
                                stop_order=0)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fogline.adapters.grpc.artefacts import BlobSource
 from fogline.adapters.grpc.control import CONTROL_MAX_MESSAGE_BYTES, ControlServicer, add_control
 from fogline.adapters.grpc.probe import HealthProber
 from fogline.adapters.grpc.server import bind, create_server, set_serving
@@ -26,6 +27,7 @@ from fogline.adapters.tls.enrolment import DEFAULT_ENROLLED_TTL_S, CaEnroller, E
 from fogline.adapters.tls.material import ClientAuth, TlsMaterial
 from fogline.core.control.limits import ControlLimits
 from fogline.core.control.registry import EmbeddedRegistry, MemberState
+from fogline.core.lifecycle.plan import ModelSyncHandler
 from fogline.core.routing.breaker import BreakerSettings, BreakerState, CircuitBreaker
 from fogline.core.routing.dispatch import DispatchSettings
 from fogline.core.routing.pool import EndpointPool
@@ -168,12 +170,15 @@ class Master:
         return CaEnroller(s.ca_dir, ttl_s=s.enrolled_cert_ttl_s) if s.ca_dir else forward
 
     async def _serve(self, backend: V2Backend, *, topology: Any = None, forward_enrolment: Enroller | None = None,
-                     routes: Mapping[str, Callable[[], Awaitable[Any]]] | None = None) -> dict[str, str]:
-        """Start the V2, control (and enrolment), REST and admin servers; their advertised addresses."""
+                     routes: Mapping[str, Callable[[], Awaitable[Any]]] | None = None,
+                     models: ModelSyncHandler | None = None, artefacts: BlobSource | None = None,
+                     on_sent: Callable[[int], None] | None = None) -> dict[str, str]:
+        """Start the V2, control (and enrolment), REST and admin servers; their advertised addresses.
+        ``models`` answers the children's model syncs, ``artefacts`` their artefact fetches."""
         s = self._master_settings
         self.enroller = enroller = self._enroller(forward_enrolment)
         control = ControlServicer(self.registry, topology=topology, rules=MemberRules(secure=self.security is not None),
-                                  enroller=enroller)
+                                  enroller=enroller, models=models, artefacts=artefacts, on_sent=on_sent)
         self._server, self._health = create_server(v2_handler(backend, self.metrics, api_keys=s.load_api_keys()),
                                                    max_message_bytes=s.max_message_bytes)
         self._control, _ = create_server(registrars=[add_control(control)],

@@ -41,6 +41,7 @@ from fogline.core.serving.repository import (
     load_repository,
 )
 from fogline.errors import FoglineError, InternalError, InvalidInputError, ModelNotFoundError, echo_name
+from fogline.servers.lifecycle import Installer, ModelSyncLoop
 from fogline.servers.membership import join, leave_and_stop, parent_control
 from fogline.servers.security import ProcessSecurity, prepare
 from fogline.servers.settings import ProcessSettings
@@ -48,6 +49,12 @@ from fogline.servers.settings import ProcessSettings
 log = logging.getLogger(__name__)
 
 LoadRuntime = Callable[[ModelConfig], Runtime]
+
+
+def vars_of(install: Any) -> dict[str, Any]:
+    """An install's progress for status."""
+    return {"model": install.name, "version": install.version, "state": install.state,
+            "bytes": install.bytes_done, "total": install.bytes_total, "error": install.error}
 
 
 @dataclass(kw_only=True)
@@ -71,6 +78,9 @@ class ModelServerSettings(ProcessSettings):
     admin_token_file: Path | None = None
     """File with the admin bearer token that Triton's repository calls (load, unload, index) may carry;
     without it (and without TLS requiring client certificates, for admin certificates) they are refused."""
+    fetch_rate_mbps: float | None = None
+    """The most a device fetches model artefacts from its edge master at, in megabits a second (thin
+    links); None: as fast as the link goes."""
 
 
 class ModelServer:
@@ -91,6 +101,8 @@ class ModelServer:
         self.endpoints: dict[str, Any] = {}
         self.dataplane: LocalDataPlane | None = None
         self.membership: MembershipLoop | None = None
+        self.model_sync: ModelSyncLoop | None = None
+        self.installer: Installer | None = None
         self.security: ProcessSecurity | None = None
         self._swaps: dict[str, asyncio.Lock] = {}  # one load or unload of a model at a time
         self.load_errors: dict[str, tuple[str, str]] = {}
@@ -139,8 +151,39 @@ class ModelServer:
         if security is not None:
             security.start(renew_with=control if isinstance(control, GrpcControlClient) else None)
         if control is not None:
-            self.membership = join(control, self._member, self._load)
+            self.membership = membership = join(control, self._member, self._load)
+            if isinstance(control, GrpcControlClient) and self.service == "device":
+                # NOTE: devices take part in the model lifecycle through their edge master; GPU workers
+                # change versions through the repository extension only.
+                self.installer = Installer(self, control.artefact_stream(), node_id=s.node_id,
+                                           rate_mbps=s.fetch_rate_mbps)
+                self.model_sync = ModelSyncLoop(control, s.node_id, loaded=self._loaded_versions,
+                                                apply=self.installer.apply, installs=self.installer.states,
+                                                registered=membership.registered,
+                                                interval=lambda: membership.interval_s)
+                self.model_sync.start()
         return dict(self.endpoints)
+
+    # --- What the installer needs (fogline.servers.lifecycle.ModelHost) ------------------------------------
+
+    @property
+    def repository(self) -> Path:
+        return self.settings.model_repository
+
+    def loaded_versions(self, name: str) -> list[str]:
+        assert self.dataplane is not None
+        return self.dataplane.loaded_versions(name)
+
+    def serve(self, name: str, version: str) -> None:
+        """Make the loaded ``version`` answer requests for ``name`` that name no version."""
+        assert self.dataplane is not None
+        if self.dataplane.models[name].spec.version != version:
+            self.dataplane.serve(name, version)
+            log.info("model %s serves version %s", name, version)
+
+    def _loaded_versions(self) -> list[tuple[str, str]]:
+        assert self.dataplane is not None
+        return [(name, v) for name in self.dataplane.versions for v in self.dataplane.loaded_versions(name)]
 
     def _load_models(self) -> dict[str, ServedModel]:
         configs = load_repository(self.settings.model_repository, self.settings.models)
@@ -163,12 +206,14 @@ class ModelServer:
 
     # --- Hot swap -------------------------------------------------------------------------------------
 
-    async def load(self, name: str, version: str | None = None, *, keep_old: bool = False) -> ServedModel:
+    async def load(self, name: str, version: str | None = None, *, keep_old: bool = False,
+                   serve: bool = True) -> ServedModel:
         """Load ``version`` of ``name`` (default: the latest on disk) beside what serves, warm it up, then
         make it serve ``name`` (one assignment on the event loop); requests already on the old version
         finish, then it is unloaded unless ``keep_old``. Loads of one model are serialized. A version that
         fails to load or to warm up leaves the old one serving: the failure is raised
-        (InvalidInputError, InternalError), logged, and shown in status as the model's ``load_error``."""
+        (InvalidInputError, InternalError), logged, and shown in status as the model's ``load_error``.
+        ``serve=False`` (with ``keep_old``) loads it beside the serving version, for requests naming it."""
         loop = asyncio.get_running_loop()
         async with self._swaps.setdefault(name, asyncio.Lock()):
             config: ModelConfig | None = None
@@ -178,7 +223,7 @@ class ModelServer:
             except Exception as exc:
                 raise self._load_failed(name, config.version if config else version, exc) from None
             self.load_errors.pop(name, None)
-            await self._switch(served, keep_old=keep_old)
+            await self._switch(served, keep_old=keep_old, serve=serve)
             return served
 
     async def unload(self, name: str, version: str | None = None) -> list[str]:
@@ -234,14 +279,18 @@ class ModelServer:
         log.warning("%s; the versions loaded stay as they are", err.message)
         return err
 
-    async def _switch(self, served: ServedModel, *, keep_old: bool) -> None:
-        """Make ``served`` serve its name, then retire what it replaces."""
+    async def _switch(self, served: ServedModel, *, keep_old: bool, serve: bool = True) -> None:
+        """Make ``served`` serve its name (or just load it, without ``serve``), then retire what it replaces."""
         assert self.dataplane is not None
         spec = served.spec
         same = self.dataplane.versions.get(spec.name, {}).get(spec.version)  # a reload of one version
-        previous = self.dataplane.add(served)  # the switch: the next request runs on ``served``
-        log.info("model %s serves version %s (was %s)", spec.name, spec.version,
-                 previous.spec.version if previous else "none")
+        previous = self.dataplane.add(served, serve=serve)  # the switch: the next request runs on ``served``
+        if self.dataplane.models[spec.name] is served:
+            log.info("model %s serves version %s (was %s)", spec.name, spec.version,
+                     previous.spec.version if previous else "none")
+        else:
+            log.info("model %s version %s loaded beside the serving version %s", spec.name, spec.version,
+                     self.dataplane.models[spec.name].spec.version)
         retired = [] if same is None else [same]
         if previous is not None and previous is not same and not keep_old:
             retired.append(self.dataplane.remove(spec.name, previous.spec.version))
@@ -295,6 +344,17 @@ class ModelServer:
                         sum(b.queue_depth for b in batchers)))
             out.append(("fogline_in_flight", "Requests in running batches", {"model": name},
                         sum(b.in_flight for b in batchers)))
+            serving = self.dataplane.models[name].spec.version if name in self.dataplane.models else ""
+            for version in loaded:
+                out.append(("fogline_model_version_loaded",
+                            "1 for each model version loaded; serving: it answers requests naming no version",
+                            {"model": name, "version": version, "serving": str(version == serving).lower()}, 1.0))
+        if self.installer is not None:
+            for install in self.installer.states():
+                out.append(("fogline_install_share", "Share of a version's files fetched and installed",
+                            {"model": install.name, "version": install.version},
+                            install.bytes_done / install.bytes_total if install.bytes_total
+                            else float(install.state == "ready")))
         return out
 
     def readiness(self) -> tuple[bool, str]:
@@ -319,6 +379,9 @@ class ModelServer:
             "registered": self.membership.registered.is_set() if self.membership else None,
             "load": {"in_flight": running, "queue_depth": queued},
             "models": self._models_status(),
+            "lifecycle": {"sync": self.model_sync.status(),
+                          "installs": [vars_of(i) for i in self.installer.states()]}
+            if self.model_sync and self.installer else None,
             **self.extra_status(),
         }
 
@@ -339,6 +402,10 @@ class ModelServer:
         """Refuse new work, leave the master (it stops routing here first), stop serving, stop the models."""
         assert self.dataplane is not None
         self.dataplane.draining = True
+        if self.model_sync is not None:
+            await self.model_sync.stop()
+        if self.installer is not None:
+            await self.installer.stop()
         await leave_and_stop(self.membership, self._stop_serving)
         await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
         self._loader.shutdown(wait=False)

@@ -27,6 +27,7 @@ EXPECTED = {
     ErrorCode.UNAUTHENTICATED: (grpc.StatusCode.UNAUTHENTICATED, 401),
     ErrorCode.PERMISSION_DENIED: (grpc.StatusCode.PERMISSION_DENIED, 403),
     ErrorCode.INTERNAL: (grpc.StatusCode.INTERNAL, 500),
+    ErrorCode.FAILED_PRECONDITION: (grpc.StatusCode.FAILED_PRECONDITION, 409),
 }
 
 

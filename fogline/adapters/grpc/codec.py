@@ -292,6 +292,11 @@ class V2Messages:
         return out
 
     @staticmethod
+    def with_version(request: bytes, version: str) -> bytes:
+        """``request`` asking for ``version`` of its model (:func:`wire.with_version`)."""
+        return wire.with_version(request, version)
+
+    @staticmethod
     def probabilities(response: bytes, output: str | None) -> np.ndarray:
         """The tensor ``output`` of an encoded ModelInferResponse (its only output if None)."""
         try:

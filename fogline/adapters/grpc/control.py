@@ -10,6 +10,15 @@ import grpc
 
 from fogline._proto import control_pb2 as cpb
 from fogline._proto import control_pb2_grpc as cpb_grpc
+from fogline.adapters.grpc.artefacts import BlobSource, OpenStream, serve_artefact, stub_stream
+from fogline.adapters.grpc.lifecycle import (
+    install_from_proto,
+    install_to_proto,
+    plan_from_proto,
+    plan_to_proto,
+    report_from_proto,
+    report_to_proto,
+)
 from fogline.adapters.grpc.server import channel_options
 from fogline.adapters.grpc.status import from_rpc_error
 from fogline.adapters.grpc.v2 import abort
@@ -20,6 +29,7 @@ from fogline.core.control.registry import EmbeddedRegistry, Load, Member
 from fogline.core.control.topology import TopologyPublisher, TopologySnapshot
 from fogline.core.escalation.catalog import Catalog, CatalogEntry, Placement
 from fogline.core.escalation.hardness import HardnessRule
+from fogline.core.lifecycle.plan import InstallState, ModelPlan, ModelSyncHandler, RolloutReport
 from fogline.core.security.identity import Identity, IdentityError
 from fogline.core.security.members import MemberRules
 from fogline.errors import FoglineError, InternalError, InvalidInputError, UnavailableError
@@ -29,6 +39,8 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 CONTROL_MAX_MESSAGE_BYTES = 1024 * 1024
+MAX_SYNC_ITEMS = 1024
+"""Installs and rollout reports one model sync may carry."""
 
 
 def member_from_proto(m: cpb.Member) -> Member:
@@ -113,11 +125,16 @@ class ControlServicer(cpb_grpc.ControlServicer):
     """
 
     def __init__(self, registry: EmbeddedRegistry, *, topology: TopologyPublisher | None = None,
-                 rules: MemberRules | None = None, enroller: Enroller | None = None) -> None:
+                 rules: MemberRules | None = None, enroller: Enroller | None = None,
+                 models: ModelSyncHandler | None = None, artefacts: BlobSource | None = None,
+                 on_sent: Callable[[int], None] | None = None) -> None:
         self.registry = registry
         self.topology = topology
         self.rules = rules or MemberRules(secure=False)
         self.enroller = enroller
+        self.models = models
+        self.artefacts = artefacts
+        self._on_sent = on_sent
 
     async def Register(self, request: cpb.RegisterRequest,
                        context: grpc.aio.ServicerContext) -> cpb.RegisterResponse:
@@ -152,6 +169,36 @@ class ControlServicer(cpb_grpc.ControlServicer):
         except FoglineError as exc:
             await abort(context, exc)
         return cpb.HeartbeatResponse(known=known)
+
+    async def SyncModels(self, request: cpb.SyncModelsRequest,
+                         context: grpc.aio.ServicerContext) -> cpb.SyncModelsResponse:
+        """Record the member's loaded versions, installs and reports; answer with its model plans."""
+        try:
+            self._check_self(context, request.id)
+            if len(request.installs) > MAX_SYNC_ITEMS or len(request.rollouts) > MAX_SYNC_ITEMS:
+                raise InvalidInputError(f"at most {MAX_SYNC_ITEMS} installs and rollout reports per model sync")
+            if not self.registry.set_versions(request.id, ((v.name, v.version) for v in request.loaded)):
+                return cpb.SyncModelsResponse(known=False)
+            state = self.registry.get(request.id)
+            plans: list[ModelPlan] = []
+            if self.models is not None and state is not None:
+                plans = self.models.sync(state.member, [install_from_proto(i) for i in request.installs],
+                                         [report_from_proto(r) for r in request.rollouts])
+        except FoglineError as exc:
+            await abort(context, exc)
+        return cpb.SyncModelsResponse(known=True, plans=[plan_to_proto(p) for p in plans])
+
+    async def FetchArtefact(self, request: cpb.FetchArtefactRequest,
+                            context: grpc.aio.ServicerContext) -> AsyncIterator[cpb.ArtefactChunk]:
+        """Stream an artefact to a member (only members: the control port requires a fleet certificate)."""
+        if self.artefacts is None:
+            await abort(context, UnavailableError("this master holds no model artefacts: the cloud master needs "
+                                                  "--model-store, an edge master a cache"))
+            return
+        if self.rules.secure and peer_identity(context) is None:
+            await abort(context, self.rules.unauthenticated())
+        async for chunk in serve_artefact(self.artefacts, request, context, on_sent=self._on_sent):
+            yield chunk
 
     async def Deregister(self, request: cpb.DeregisterRequest,
                          context: grpc.aio.ServicerContext) -> cpb.DeregisterResponse:
@@ -278,6 +325,25 @@ class GrpcControlClient:
                                        models=models)
         reply = await self._call("Heartbeat", request)
         return bool(reply.known)
+
+    async def sync_models(self, member_id: str, loaded: list[tuple[str, str]], installs: list[InstallState],
+                          reports: list[RolloutReport]) -> list[ModelPlan] | None:
+        """One model sync (implements ``fogline.servers.lifecycle.ModelControl``): the plans to follow,
+        None if the master no longer knows ``member_id``."""
+        reply = await self._call("SyncModels", cpb.SyncModelsRequest(
+            id=member_id, loaded=[cpb.ModelVersion(name=n, version=v) for n, v in loaded],
+            installs=[install_to_proto(i) for i in installs], rollouts=[report_to_proto(r) for r in reports]))
+        if not reply.known:
+            return None
+        return [plan_from_proto(p) for p in reply.plans]
+
+    def artefact_stream(self) -> OpenStream:
+        """Artefacts from this master by digest (``fogline.adapters.grpc.artefacts.ArtefactFetcher``)."""
+        async def open_stream(digest: str, offset: int) -> AsyncIterator[tuple[bytes, int]]:
+            await self._fresh()
+            async for chunk in stub_stream(self._stub, timeout_s=300.0, peer=f"master {self.address}")(digest, offset):
+                yield chunk
+        return open_stream
 
     async def deregister(self, member_id: str) -> None:
         """Leave the master."""

@@ -121,7 +121,7 @@ class EdgeBackend(V2Backend):
         hint = string_parameter(request.parameters, PARAM_TIER)
         routed = await self.router.infer(request.model_name, data, hint=TIER_AUTO if hint is None else hint,
                                          session=string_parameter(request.parameters, PARAM_SESSION),
-                                         deadline=deadline)
+                                         deadline=deadline, version=request.model_version)
         # A catalog name is answered as the model the caller asked for.
         renamed = request.model_name if routed.model != request.model_name else None
         return wire.with_id(routed.response, request.id, model_name=renamed, parameters=self._tags.tag(routed))

@@ -25,6 +25,7 @@ TO_GRPC: dict[ErrorCode, grpc.StatusCode] = {
     ErrorCode.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
     ErrorCode.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
     ErrorCode.INTERNAL: grpc.StatusCode.INTERNAL,
+    ErrorCode.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
 }
 FROM_GRPC: dict[grpc.StatusCode, ErrorCode] = {v: k for k, v in TO_GRPC.items()}
 # Codes a peer may return that are not Fogline's own: what they mean to a caller.
@@ -32,7 +33,6 @@ FROM_GRPC.update({
     grpc.StatusCode.CANCELLED: ErrorCode.UNAVAILABLE,
     grpc.StatusCode.UNKNOWN: ErrorCode.INTERNAL,
     grpc.StatusCode.UNIMPLEMENTED: ErrorCode.NOT_FOUND,
-    grpc.StatusCode.FAILED_PRECONDITION: ErrorCode.INVALID_ARGUMENT,
     grpc.StatusCode.OUT_OF_RANGE: ErrorCode.INVALID_ARGUMENT,
     grpc.StatusCode.ABORTED: ErrorCode.UNAVAILABLE,
     grpc.StatusCode.DATA_LOSS: ErrorCode.INTERNAL,

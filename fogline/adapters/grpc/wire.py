@@ -7,6 +7,7 @@ the masters re-address, re-tag and label requests and responses they forward wit
 re-serializing tensors. Every such edit is a function here:
 
 - :func:`retarget`: a request (or response) addressed to another model;
+- :func:`with_version`: a request for one version of its model (a rollout's canary or stable);
 - :func:`with_id`: a response with the caller's id, the model name it asked for, and parameters
   (``fogline.adapters.grpc.codec.encode_parameters``, cached by the caller: they repeat);
 - :func:`tag_stream_request` / :func:`message_id`: a request's stream-local id and deadline, and
@@ -27,6 +28,8 @@ from fogline.errors import InvalidInputError
 
 MODEL_NAME = 1
 """ModelInferRequest.model_name and ModelInferResponse.model_name."""
+MODEL_VERSION = 2
+"""ModelInferRequest.model_version and ModelInferResponse.model_version."""
 ID = 3
 """ModelInferRequest.id and ModelInferResponse.id."""
 STREAM_ERROR = 1
@@ -97,6 +100,11 @@ def _string(field: int, text: str) -> bytes:
 def retarget(message: bytes, model: str) -> bytes:
     """``message`` (a ModelInferRequest or ModelInferResponse) with ``model`` as its model_name."""
     return message + _string(MODEL_NAME, model)
+
+
+def with_version(message: bytes, version: str) -> bytes:
+    """``message`` (a ModelInferRequest) asking for ``version`` of its model."""
+    return message + _string(MODEL_VERSION, version)
 
 
 def with_id(message: bytes, id: str, *, model_name: str | None = None, parameters: bytes = b"") -> bytes:

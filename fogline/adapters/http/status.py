@@ -40,6 +40,7 @@ HTTP_STATUS = {
     ErrorCode.UNAUTHENTICATED: 401,
     ErrorCode.PERMISSION_DENIED: 403,
     ErrorCode.INTERNAL: 500,
+    ErrorCode.FAILED_PRECONDITION: 409,
 }
 
 

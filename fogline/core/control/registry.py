@@ -58,6 +58,17 @@ class Member:
     """host:port of its REST status ("" for none)."""
     meta: dict[str, str] = field(default_factory=dict, hash=False)
     """Free-form labels, passed along."""
+    versions: frozenset[tuple[str, str]] = frozenset()
+    """(model, version) of every model version it has loaded, as its model syncs report them; empty
+    when it reports none (a member outside the model lifecycle: it decides itself which versions run)."""
+
+
+def versions_by_model(member: Member) -> dict[str, list[str]]:
+    """A member's loaded versions by model, for status (lowest first)."""
+    found: dict[str, list[str]] = {}
+    for name, version in sorted(member.versions, key=lambda nv: (nv[0], len(nv[1]), nv[1])):
+        found.setdefault(name, []).append(version)
+    return found
 
 
 @dataclass(slots=True)
@@ -200,6 +211,23 @@ class EmbeddedRegistry:
         state.load = load
         if reported is not None and reported != state.member.models:
             state.member = replace(state.member, models=reported)
+            self._changed()
+        return True
+
+    def set_versions(self, member_id: str, versions: Iterable[tuple[str, str]]) -> bool:
+        """Record the model versions ``member_id`` has loaded (its model sync); False if it is unknown.
+        InvalidInputError (and nothing recorded) for more versions than the limits allow or bad names."""
+        state = self._states.get(member_id)
+        if state is None:
+            return False
+        reported = frozenset(versions)
+        if len(reported) > 4 * self.limits.max_models_per_member:
+            raise InvalidInputError(f"{len(reported)} model versions reported; at most "
+                                    f"{4 * self.limits.max_models_per_member} are allowed per member")
+        check_names("model name", {name for name, _ in reported}, self.limits)
+        check_names("model version", {version for _, version in reported}, self.limits)
+        if reported != state.member.versions:
+            state.member = replace(state.member, versions=reported)
             self._changed()
         return True
 

@@ -15,6 +15,7 @@ to the cloud: easy cascade inputs never spend it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ import numpy as np
 
 from fogline.core.escalation.catalog import Catalog, CatalogEntry
 from fogline.core.escalation.policy import CascadeVerdict, DeviceState, EscalationPolicy, resolve_cascade
+from fogline.core.lifecycle.traffic import Choice, VersionTraffic
 from fogline.core.parameters import (
     ROUTE_CASCADE_HARD,
     ROUTE_DEGRADED,
@@ -37,17 +39,23 @@ from fogline.core.parameters import (
 from fogline.core.routing.dispatch import Dispatched, Dispatcher, Upstream
 from fogline.errors import (
     PEER_FAILURE_CODES,
+    ErrorCode,
     FoglineError,
     InternalError,
     InvalidInputError,
     ModelNotFoundError,
     OverloadedError,
+    PayloadTooLargeError,
     UnavailableError,
     echo_name,
     echo_names,
 )
 
 log = logging.getLogger(__name__)
+
+CANARY_FAILURE_CODES = PEER_FAILURE_CODES | {ErrorCode.INTERNAL}
+"""Failures of a canary that are not the client's fault: counted against the canary's gate, and the
+request is retried on the stable version."""
 
 R = TypeVar("R")
 R_contra = TypeVar("R_contra", contravariant=True)
@@ -61,6 +69,9 @@ class Messages(Protocol[R_contra]):
 
     def probabilities(self, response: R_contra, output: str | None) -> np.ndarray:
         """The [N, K] class probabilities in ``response``'s output named ``output`` (None: its only one)."""
+
+    def with_version(self, request: bytes, version: str) -> bytes:
+        """``request`` asking for ``version`` of its model."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,7 +116,7 @@ class EdgeRouter(Generic[R]):
     def __init__(self, devices: Dispatcher[R], cloud: Dispatcher[R], messages: Messages[R], *,
                  catalog: Catalog | None = None, policy: EscalationPolicy | None = None,
                  settings: EdgeRoutingSettings = EdgeRoutingSettings(),
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, traffic: VersionTraffic | None = None) -> None:
         self.devices = devices
         self.cloud = cloud
         self.messages = messages
@@ -113,6 +124,9 @@ class EdgeRouter(Generic[R]):
         self.policy = policy or EscalationPolicy()
         self.settings = settings
         self._clock = clock
+        self.traffic = traffic
+        """The rollouts' version plans in force in this region (None: no model lifecycle)."""
+        self._mirrors: set[asyncio.Task[None]] = set()
 
     def entry(self, name: str) -> CatalogEntry:
         """The catalog entry of ``name``; ModelNotFoundError naming what is served if there is none."""
@@ -144,8 +158,9 @@ class EdgeRouter(Generic[R]):
         return found
 
     async def infer(self, model: str, request: bytes, *, hint: str = TIER_AUTO, session: str | None = None,
-                    deadline: float | None = None) -> Routed[R]:
-        """Run ``request`` for ``model`` where the policy decides, and say where it ran and why."""
+                    deadline: float | None = None, version: str = "") -> Routed[R]:
+        """Run ``request`` for ``model`` where the policy decides, and say where it ran and why. A
+        ``version`` runs on a device holding it; without one, a rollout's plan picks the version."""
         entry = self.entry(model)
         decision = self.policy.decide(entry, hint=hint, device_state=self._device_state(entry),
                                       cloud_reachable=self.cloud.reachable)
@@ -153,7 +168,7 @@ class EdgeRouter(Generic[R]):
             return await self._in_cloud(entry, request, decision.route, deadline)
         on_device = self._retarget(request, entry, decision.model)
         try:
-            done = await self.devices.infer(decision.model, on_device, session=session, deadline=deadline)
+            done, ran = await self._on_devices(entry, decision.model, on_device, session, deadline, version)
         except (UnavailableError, OverloadedError) as err:
             # Every device holding the model failed or was full: the cloud, if the request may go there.
             if hint == TIER_DEVICE or not self._cloud_takes(entry):
@@ -162,12 +177,84 @@ class EdgeRouter(Generic[R]):
             return await self._in_cloud(entry, request, route, deadline)
         if not decision.check_hardness:
             return _on_device(done, decision.model, decision.route)
-        return await self._cascade(entry, request, done, decision.model, deadline)
+        return await self._cascade(entry, request, done, decision.model, deadline, ran)
+
+    async def _on_devices(self, entry: CatalogEntry, model: str, request: bytes, session: str | None,
+                          deadline: float | None, version: str) -> tuple[Dispatched[R], str]:
+        """Run ``request`` on a device: at ``version`` if the caller named one, else at the version the
+        model's rollout plan picks (a canary's failure that is not the client's is retried on the stable
+        version, within the deadline); the answer and the version asked for ("" for none)."""
+        choice = None if version or self.traffic is None else self.traffic.choose(model)
+        if choice is None:
+            done = await self.devices.infer(model, request, session=session, deadline=deadline, version=version)
+            return done, version
+        assert self.traffic is not None
+        if choice.canary and not self.devices.holds_version(model, choice.version):
+            if choice.stable is None:  # a first install that no device has yet: as without a plan
+                return await self.devices.infer(model, request, session=session, deadline=deadline), ""
+            choice = Choice(choice.stable, canary=False, stable=choice.stable)
+        if deadline is None:
+            deadline = self._clock() + self.devices.settings.default_timeout_s
+        started = self._clock()
+        try:
+            done = await self.devices.infer(model, self.messages.with_version(request, choice.version), session=session,
+                                            deadline=deadline, version=choice.version)
+        except FoglineError as err:
+            if err.code not in CANARY_FAILURE_CODES or isinstance(err, PayloadTooLargeError):
+                raise  # the client's fault: the same on any version
+            self.traffic.record(model, choice.version, ok=False, latency_s=self._clock() - started)
+            if not choice.canary or choice.stable is None:
+                raise
+            log.debug("canary %s v%s failed (%s); retrying on v%s", model, choice.version, err, choice.stable)
+            return await self._on_stable(model, request, session, deadline, choice.stable), choice.stable
+        self.traffic.record(model, choice.version, ok=True, latency_s=self._clock() - started)
+        if choice.canary and choice.stable is not None and self.traffic.should_mirror(model):
+            self._mirror(entry, model, request, done.response, choice.stable, deadline)
+        return done, choice.version
+
+    async def _on_stable(self, model: str, request: bytes, session: str | None, deadline: float,
+                         stable: str) -> Dispatched[R]:
+        assert self.traffic is not None
+        started = self._clock()
+        try:
+            done = await self.devices.infer(model, self.messages.with_version(request, stable), session=session,
+                                            deadline=deadline, version=stable)
+        except FoglineError as err:
+            if err.code in CANARY_FAILURE_CODES:
+                self.traffic.record(model, stable, ok=False, latency_s=self._clock() - started)
+            raise
+        self.traffic.record(model, stable, ok=True, latency_s=self._clock() - started)
+        return done
+
+    def _mirror(self, entry: CatalogEntry, model: str, request: bytes, served: R, stable: str,
+                deadline: float) -> None:
+        """Run ``request`` on the ``stable`` version too, in the background, and count whether its
+        argmax agrees with the canary's answer ``served`` (which is what the client gets)."""
+        async def compare() -> None:
+            try:
+                done = await self.devices.infer(model, self.messages.with_version(request, stable),
+                                                deadline=deadline, version=stable)
+                output = entry.output if entry.device_model == model else None
+                ours = self.messages.probabilities(served, output)
+                theirs = self.messages.probabilities(done.response, output)
+            except FoglineError as err:  # not a classifier, or the stable version failed: nothing to compare
+                log.debug("mirror of %s on v%s: %s", model, stable, err)
+                return
+            if ours.shape != theirs.shape or ours.ndim == 0:
+                return
+            assert self.traffic is not None
+            self.traffic.record_mirror(model, agreed=bool(np.array_equal(ours.argmax(axis=-1), theirs.argmax(axis=-1))))
+
+        task = asyncio.ensure_future(compare())
+        self._mirrors.add(task)
+        task.add_done_callback(self._mirrors.discard)
 
     async def _cascade(self, entry: CatalogEntry, request: bytes, done: Dispatched[R], model: str,
-                       deadline: float | None) -> Routed[R]:
+                       deadline: float | None, version: str = "") -> Routed[R]:
         """Keep the device answer ``done`` of ``model`` if it is easy; else the cloud's, or the device's degraded."""
         verdict = self._judge(entry, done.response, model)
+        if self.traffic is not None and version:
+            self.traffic.record_judged(model, version, escalated=verdict.escalate)
         if not verdict.escalate:
             return _on_device(done, model, verdict.route)
         ours = self._clock() + self.settings.escalation_timeout_s

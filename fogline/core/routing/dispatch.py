@@ -91,16 +91,13 @@ class Dispatcher(Generic[R]):
         self._on_attempt = on_attempt
         self.budget = budget or RetryBudget(settings.retry_budget, clock=clock)
 
-    def choose(self, model: str, session: str | None,
-               tried: set[str]) -> tuple[Endpoint[Upstream[bytes, R]], Permit] | None:
-        """An endpoint not yet ``tried`` that the ejection limits and its breaker let this request
-        go to, with the breaker's permit; None if there is none."""
-        candidates = self.pool.for_model(model)
-        if not candidates and not self.pool.endpoints:
-            raise UnavailableError(f"no endpoint is registered in {self.scope}; none can serve {model!r}")
+    def choose(self, model: str, session: str | None, tried: set[str],
+               version: str = "") -> tuple[Endpoint[Upstream[bytes, R]], Permit] | None:
+        """An endpoint not yet ``tried`` (holding ``version`` of ``model``, if given) that the ejection
+        limits and its breaker let this request go to, with the breaker's permit; None if there is none."""
+        candidates = self.pool.for_version(model, version) if version else self.pool.for_model(model)
         if not candidates:
-            raise ModelNotFoundError(f"model {echo_name(model)} is not served in {self.scope}; "
-                                     f"available: {echo_names(self.pool.models())}")
+            self._not_held(model, version)
         limit = self.settings.max_outstanding
         fresh = [e for e in candidates if e.id not in tried and (limit is None or e.outstanding < limit)]
         if not fresh and limit is not None and any(e.outstanding >= limit for e in candidates):
@@ -120,6 +117,21 @@ class Dispatcher(Generic[R]):
                 return endpoint, permit
             left.remove(endpoint)
         return None
+
+    def _not_held(self, model: str, version: str) -> None:
+        """Why no endpoint can take ``model`` (at ``version``): UNAVAILABLE with none registered, else
+        NOT_FOUND naming the models (or that model's versions) served."""
+        if not self.pool.endpoints:
+            raise UnavailableError(f"no endpoint is registered in {self.scope}; none can serve {model!r}")
+        if version and self.pool.for_model(model):
+            raise ModelNotFoundError(f"model {echo_name(model)} version {echo_name(version)} is not loaded in "
+                                     f"{self.scope}; loaded versions: {echo_names(self.pool.versions(model))}")
+        raise ModelNotFoundError(f"model {echo_name(model)} is not served in {self.scope}; "
+                                 f"available: {echo_names(self.pool.models())}")
+
+    def holds_version(self, model: str, version: str) -> bool:
+        """Some endpoint reports ``version`` of ``model`` loaded."""
+        return any((model, version) in e.state.member.versions for e in self.pool.for_model(model))
 
     def _pick(self, model: str, session: str | None,
               endpoints: list[Endpoint[Upstream[bytes, R]]]) -> Endpoint[Upstream[bytes, R]]:
@@ -160,16 +172,17 @@ class Dispatcher(Generic[R]):
         return not self.pool.endpoints
 
     async def infer(self, model: str, request: bytes, *, session: str | None = None,
-                    deadline: float | None = None) -> Dispatched[R]:
-        """Send ``request`` for ``model`` to an endpoint, and to others while the failures are retryable
-        (:class:`RetryElsewhere`), the attempts, the deadline and the retry budget allow."""
+                    deadline: float | None = None, version: str = "") -> Dispatched[R]:
+        """Send ``request`` for ``model`` to an endpoint (one that holds ``version``, if given), and to
+        others while the failures are retryable (:class:`RetryElsewhere`), the attempts, the deadline
+        and the retry budget allow."""
         if deadline is None:
             deadline = self._clock() + self.settings.default_timeout_s
         tried: set[str] = set()
         last: FoglineError | None = None
         self.budget.record_request()
         for attempt_no in range(1, self.settings.max_attempts + 1):
-            chosen = self.choose(model, session, tried)
+            chosen = self.choose(model, session, tried, version)
             if chosen is None:
                 break
             endpoint, permit = chosen

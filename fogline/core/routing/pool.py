@@ -6,7 +6,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Generic, TypeVar
 
 from fogline.core.control.registry import MemberState
@@ -86,6 +86,7 @@ class EndpointPool(Generic[U]):
         self._make_breaker = make_breaker
         self.endpoints: dict[str, Endpoint[U]] = {}
         self._by_model: dict[str, list[Endpoint[U]]] = {}
+        self._by_version: dict[tuple[str, str], list[Endpoint[U]]] = {}
         self._rings: dict[str, HashRing] = {}
 
     def sync(self, states: Sequence[MemberState]) -> None:
@@ -102,11 +103,15 @@ class EndpointPool(Generic[U]):
                 self.endpoints[mid] = Endpoint(state, self._make(state), self._make_breaker())
             else:
                 endpoint.state = state
+        self._index()
+
+    def _index(self) -> None:
         by_model: dict[str, list[Endpoint[U]]] = {}
         for endpoint in self.endpoints.values():
             for model in endpoint.state.member.models:
                 by_model.setdefault(model, []).append(endpoint)
         self._by_model = by_model
+        self._by_version = _by_version(self.endpoints.values(), by_model)
         self._rings = {}
 
     def close(self) -> None:
@@ -127,6 +132,7 @@ class EndpointPool(Generic[U]):
         view.endpoints = {mid: e for mid, e in self.endpoints.items() if keep(e)}
         view._by_model = {model: kept for model, endpoints in self._by_model.items()
                           if (kept := [e for e in endpoints if keep(e)])}
+        view._by_version = _by_version(view.endpoints.values(), view._by_model)
         return view
 
     def models(self) -> list[str]:
@@ -135,8 +141,33 @@ class EndpointPool(Generic[U]):
     def for_model(self, model: str) -> list[Endpoint[U]]:
         return self._by_model.get(model, [])
 
+    def for_version(self, model: str, version: str) -> list[Endpoint[U]]:
+        """The endpoints that may run ``version`` of ``model``: those reporting it loaded, and those that
+        report no versions at all (outside the model lifecycle: they decide themselves)."""
+        found = self._by_version.get((model, version))
+        if found is None:
+            return [e for e in self.for_model(model) if not e.state.member.versions]
+        return found
+
+    def versions(self, model: str) -> list[str]:
+        """The versions of ``model`` the endpoints report loaded, lowest first."""
+        found = {v for e in self.for_model(model) for name, v in e.state.member.versions if name == model}
+        return sorted(found, key=lambda v: (len(v), v))
+
     def ring(self, model: str) -> HashRing:
         ring = self._rings.get(model)
         if ring is None:
             ring = self._rings[model] = HashRing([e.id for e in self.for_model(model)])
         return ring
+
+
+def _by_version(endpoints: Iterable[Endpoint[U]],
+                by_model: dict[str, list[Endpoint[U]]]) -> dict[tuple[str, str], list[Endpoint[U]]]:
+    """(model, version) -> the endpoints that may run it (see :meth:`EndpointPool.for_version`)."""
+    index: dict[tuple[str, str], list[Endpoint[U]]] = {}
+    for endpoint in endpoints:
+        for key in endpoint.state.member.versions:
+            index.setdefault(key, []).append(endpoint)
+    for key, holders in index.items():  # members that report no versions may run any
+        holders += [e for e in by_model.get(key[0], []) if not e.state.member.versions]
+    return index

@@ -95,6 +95,11 @@ class LocalDataPlane:
             return previous
         return None
 
+    def serve(self, name: str, version: str) -> None:
+        """Make the loaded ``version`` serve ``name`` (requests naming no version) from the next request
+        on; ModelNotFoundError naming the loaded versions if it is not loaded."""
+        self.models[name] = self.model(name, version)
+
     def remove(self, name: str, version: str) -> ServedModel:
         """Take ``name`` at ``version`` out (requests already using it finish); if it was serving, the
         highest version left serves. ModelNotFoundError if it is not loaded."""
