@@ -9,6 +9,8 @@ if [[ -n ${FOGLINE_CATALOG:-} ]]; then
     [[ -f $FOGLINE_CATALOG ]] || FOGLINE_PROBLEMS+=("FOGLINE_CATALOG=$FOGLINE_CATALOG does not exist: the model catalog (TOML)")
     FOGLINE_CMD+=(--catalog "$FOGLINE_CATALOG")
 fi
+[[ -z ${FOGLINE_MODEL_STORE:-} ]] || FOGLINE_CMD+=(--model-store "$FOGLINE_MODEL_STORE")
+[[ -z ${FOGLINE_MAX_MODEL_MB:-} ]] || FOGLINE_CMD+=(--max-model-mb "$FOGLINE_MAX_MODEL_MB")
 fogline_security
 fogline_master_security 8013 8014
 fogline_exec

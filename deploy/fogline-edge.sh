@@ -11,6 +11,9 @@ if [[ $FOGLINE_DISCOVERY == embedded && -n ${FOGLINE_CLOUD_CONTROL:-} ]]; then
     FOGLINE_CMD+=(--cloud "$FOGLINE_CLOUD_CONTROL")
 fi
 [[ -z ${FOGLINE_DEVICE_QUEUE_LIMIT:-} ]] || FOGLINE_CMD+=(--device-queue-limit "$FOGLINE_DEVICE_QUEUE_LIMIT")
+[[ -z ${FOGLINE_CACHE_DIR:-} ]] || FOGLINE_CMD+=(--cache-dir "$FOGLINE_CACHE_DIR")
+[[ -z ${FOGLINE_CACHE_MB:-} ]] || FOGLINE_CMD+=(--cache-mb "$FOGLINE_CACHE_MB")
+[[ -z ${FOGLINE_FETCH_RATE_MBPS:-} ]] || FOGLINE_CMD+=(--fetch-rate-mbps "$FOGLINE_FETCH_RATE_MBPS")
 fogline_security
 fogline_master_security 8003 8004
 fogline_exec

@@ -133,11 +133,12 @@ def _cnn_stack(suffix: str, output: str, source: str = "input") -> list[Any]:
             helper.make_node("Relu", [f"c{i}{suffix}"], [f"r{i}{suffix}"]),
         ]
         prev = f"r{i}{suffix}"
-    return nodes + [
+    nodes += [
         helper.make_node("GlobalAveragePool", [prev], [f"pool{suffix}"]),
         helper.make_node("Flatten", [f"pool{suffix}"], [f"flat{suffix}"]),
         helper.make_node("Gemm", [f"flat{suffix}", "fw", "fb"], [output]),
     ]
+    return nodes
 
 
 def _rename_output(node: Any, old: str, new: str) -> Any:

@@ -215,8 +215,8 @@ class Installer:
             if version not in plan.versions():
                 await self.host.unload(plan.name, version)
                 self._states.pop((plan.name, version), None)
-                if plan.state == ROLLED_BACK:
-                    self._remove_fetched(plan.name, version)
+        if plan.state == ROLLED_BACK:  # what it fetched for the withdrawn version goes, loaded or not
+            self._remove_fetched(plan.name, keep=plan.versions())
 
     async def _ensure(self, manifest: VersionManifest, rollout_id: str) -> None:
         name, version = manifest.name, manifest.version
@@ -285,11 +285,13 @@ class Installer:
                 raise
             shutil.rmtree(staging, ignore_errors=True)
 
-    def _remove_fetched(self, name: str, version: str) -> None:
-        """Delete a rolled-back version's files if this node fetched them (so a restart does not serve it)."""
-        directory = self._version_dir(name, version)
-        if (directory / INSTALLED_MARK).exists():
-            shutil.rmtree(directory, ignore_errors=True)
+    def _remove_fetched(self, name: str, *, keep: tuple[str, ...]) -> None:
+        """Delete the version directories of ``name`` this node fetched, but ``keep`` (so that a restart,
+        which loads the highest version on disk, does not serve a withdrawn one)."""
+        model_dir = self.host.repository / name
+        for directory in model_dir.iterdir() if model_dir.is_dir() else ():
+            if directory.name not in keep and (directory / INSTALLED_MARK).exists():
+                shutil.rmtree(directory, ignore_errors=True)
 
 
 # --- Edge master -----------------------------------------------------------------------------------------

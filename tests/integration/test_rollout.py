@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,20 @@ async def rollout_finished(up: Up, timeout_s: float) -> dict[str, Any]:
     return found
 
 
+async def roll_out(up: Up, version: int, *, bake_s: float) -> dict[str, Any]:
+    """``fogline rollout start cnn`` in steps of 10, 50 and 100%; its status once it is done or rolled back."""
+    started = await asyncio.to_thread(fogline, up, "rollout", "start", "cnn", "--version", str(version),
+                                      "--steps", "10,50,100", "--bake-s", str(bake_s))
+    assert started.returncode == 0, started.stderr
+    return await rollout_finished(up, 150)
+
+
+def assert_no_failures(loads: list[Load]) -> None:
+    failures = [f for load in loads for f in load.failures()]
+    total = sum(len(load.outcomes) for load in loads)
+    assert not failures, f"{len(failures)} of {total} requests failed: {failures[:5]}"
+
+
 def clients(up: Up) -> list[Client]:
     state = up.state()
     return [Client(r["edge"]["grpc"], tls=client_tls(state), timeout_s=30) for r in state["regions"].values()]
@@ -121,17 +136,9 @@ async def test_a_good_rollout_converges_the_fleet_with_no_failed_request(stack: 
     model = push(stack, tmp_path, 2)
     sent_before = artefact_bytes_sent(stack)
 
-    async def roll_out() -> dict[str, Any]:
-        started = await asyncio.to_thread(fogline, stack, "rollout", "start", "cnn", "--version", "2",
-                                          "--steps", "10,50,100", "--bake-s", "2")
-        assert started.returncode == 0, started.stderr
-        return await rollout_finished(stack, 150)
-
-    loads, status = await under_load(stack, roll_out)
+    loads, status = await under_load(stack, partial(roll_out, stack, 2, bake_s=2))
     assert status["state"] == "done", json.dumps(status, indent=2)[:3000]
-    failures = [f for load in loads for f in load.failures()]
-    total = sum(len(load.outcomes) for load in loads)
-    assert not failures, f"{len(failures)} of {total} requests failed: {failures[:5]}"
+    assert_no_failures(loads)
     assert [e["event"] for e in status["history"]] == ["started", "step", "step", "done"], status["history"]
 
     # Every device ends serving version 2 alone; the last answers say so.
@@ -154,19 +161,11 @@ async def test_a_bad_rollout_rolls_back_by_itself_and_no_client_sees_an_error(st
     assert current
     push(stack, tmp_path, 3, fail_above=0.0)  # fails on about half of random images
 
-    async def roll_out() -> dict[str, Any]:
-        started = await asyncio.to_thread(fogline, stack, "rollout", "start", "cnn", "--version", "3",
-                                          "--steps", "10,50,100", "--bake-s", "5")
-        assert started.returncode == 0, started.stderr
-        return await rollout_finished(stack, 120)
-
-    loads, status = await under_load(stack, roll_out)
+    loads, status = await under_load(stack, partial(roll_out, stack, 3, bake_s=5))
     assert status["state"] == "rolled_back", json.dumps(status, indent=2)[:3000]
     assert status["step"] == 0, status
     assert "gate error_rate failed" in status["failure"], status["failure"]
-    failures = [f for load in loads for f in load.failures()]
-    total = sum(len(load.outcomes) for load in loads)
-    assert not failures, f"{len(failures)} of {total} requests failed: {failures[:5]}"
+    assert_no_failures(loads)
     # The canary answered the inputs it can; the others were retried on version 2 and answered there.
     assert {o.result.version for load in loads for o in load.outcomes} == {"2", "3"}
 

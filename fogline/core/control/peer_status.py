@@ -66,7 +66,7 @@ def _fields(value: object, checks: Mapping[str, Check]) -> dict[str, Any]:
 def _device_checks(limits: ControlLimits) -> dict[str, Check]:
     return {"id": _name(limits), "address": _address, "http": _address, "models": _names(limits),
             "capacity": _count, "load": _object(_LOAD_CHECKS), "outstanding": _count, "healthy": _flag,
-            "breaker": _optional(_object(_BREAKER_CHECKS)), "checked": _flag}
+            "breaker": _optional(_object(_BREAKER_CHECKS)), "checked": _flag, "versions": _versions(limits)}
 
 
 def _name(limits: ControlLimits) -> Check:
@@ -84,6 +84,17 @@ def _names(limits: ControlLimits) -> Check:
         if not isinstance(value, list) or len(value) > limits.max_models_per_member:
             raise Malformed("not a list of names")
         return [name(v) for v in value]
+    return check
+
+
+def _versions(limits: ControlLimits) -> Check:
+    """Model name -> the versions loaded (a device's ``versions``), within the limits."""
+    name, names = _name(limits), _names(limits)
+
+    def check(value: Any) -> dict[str, list[str]]:
+        if not isinstance(value, Mapping) or len(value) > limits.max_models_per_member:
+            raise Malformed("not an object of model versions")
+        return {name(model): names(versions) for model, versions in value.items()}
     return check
 
 
