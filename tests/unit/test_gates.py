@@ -73,7 +73,7 @@ def test_p99_ratio_fails_above_the_ratio_and_counts_sub_floor_p99s_as_the_floor(
     result = gate("p99_ratio", stats(p99_ms=51.0), stats(p99_ms=0.4))
     assert result.ok is False
     assert result.value == pytest.approx(10.2)
-    assert result.detail.startswith("canary p99 51.0 ms is 10.2x the stable 5.0 ms (limit 3x")
+    assert result.detail.startswith("canary p99 51.0 ms is 10.2x the stable 5.0 ms (limit 2x")
 
 
 def test_p99_ratio_ignores_sub_millisecond_noise_under_the_floor() -> None:
@@ -155,7 +155,7 @@ def test_first_failure_picks_the_first_failed_gate_and_ignores_unjudged() -> Non
 
 def test_result_to_json() -> None:
     result = gate("p99_ratio", stats(p99_ms=10.0), stats(p99_ms=10.0))
-    assert result.to_json() == {"name": "p99_ratio", "ok": True, "value": 1.0, "limit": 3.0,
+    assert result.to_json() == {"name": "p99_ratio", "ok": True, "value": 1.0, "limit": 2.0,
                                 "detail": result.detail}
 
 

@@ -226,7 +226,7 @@ def test_a_failing_gate_rolls_back_at_once_naming_the_gate_and_value(
     changed = controller.report("eu", good(rollout, canary=slow, stable=VersionStats(requests=100, p99_ms=5.0)))
     assert changed is not None and changed.state == ROLLED_BACK
     assert changed.failure == ("gate p99_ratio failed in region 'eu' at step 0 (10%): "
-                               "canary p99 51.0 ms is 10.2x the stable 5.0 ms (limit 3x)")
+                               "canary p99 51.0 ms is 10.2x the stable 5.0 ms (limit 2x)")
     assert changed.history[-1]["event"] == "rolled_back" and changed.history[-1]["detail"] == changed.failure
     assert store.rollouts[0]["state"] == ROLLED_BACK
     assert controller.current_version("cnn") == "1"

@@ -55,7 +55,7 @@ class GateSettings:
 
     max_error_rate_increase: float = 0.01
     """The canary's error rate minus stable's (0.01: one percentage point)."""
-    max_p99_ratio: float = 3.0
+    max_p99_ratio: float = 2.0
     """The canary's p99 over stable's."""
     p99_floor_ms: float = 5.0
     """A p99 below this counts as this (sub-millisecond noise on shared CPUs)."""
