@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fogline.adapters.consul.discovery import ConsulFollower, LiveConfig
+from fogline.adapters.consul.rollouts import ConsulMirroredStore
 from fogline.adapters.grpc.artefacts import registry_source
 from fogline.adapters.grpc.forward import RegionalBackend
 from fogline.adapters.grpc.upstream import GrpcUpstream, StreamUpstream
@@ -27,7 +28,7 @@ from fogline.core.control.registry import Load, Member, MemberState, versions_by
 from fogline.core.control.topology import TopologyPublisher
 from fogline.core.escalation.catalog import Catalog, describe, load_catalog
 from fogline.core.lifecycle.registry import ModelRegistry
-from fogline.core.lifecycle.rollout import JsonFileStore, RolloutController
+from fogline.core.lifecycle.rollout import JsonFileStore, RolloutController, RolloutStore
 from fogline.core.routing.dispatch import RegionalDispatch
 from fogline.core.security.identity import Identity
 from fogline.servers.lifecycle import CloudModels
@@ -87,13 +88,23 @@ class CloudMaster(Master):
         self.models = ModelRegistry(settings.model_store) if settings.model_store else None
         self.model_routes = ModelRoutes(self.models, max_model_bytes=settings.max_model_bytes)
         # NOTE: rollouts live beside the registry, so that both survive a restart together.
-        self.rollouts = (RolloutController(JsonFileStore(settings.model_store / "rollouts.json"))
-                         if settings.model_store else None)
+        store = self._rollout_store(settings) if settings.model_store else None
+        self._kv_mirror = store if isinstance(store, ConsulMirroredStore) else None
+        self.rollouts = RolloutController(store) if store is not None else None
         self.lifecycle = CloudModels(self.rollouts, self.registry) if self.rollouts else None
         self.rollout_routes = RolloutRoutes(self.models, self.rollouts,
                                             self.lifecycle.serving if self.lifecycle else lambda model: [])
         self.metrics.add_counters(self._artefact_counters)
         self.metrics.add_gauges(self._rollout_gauges)
+
+    @staticmethod
+    def _rollout_store(settings: CloudSettings) -> RolloutStore:
+        """``<model-store>/rollouts.json``; under Consul discovery also mirrored into KV (``<prefix>/rollouts/``)."""
+        assert settings.model_store is not None
+        store: RolloutStore = JsonFileStore(settings.model_store / "rollouts.json")
+        if settings.consul is not None:
+            store = ConsulMirroredStore(store, settings.consul.consul, settings.consul.kv_prefix)
+        return store
 
     def identity(self) -> Identity:
         """``spiffe://fogline/cloud/<id>``."""
@@ -223,6 +234,8 @@ class CloudMaster(Master):
         """Stop following Consul, leave it, then stop serving."""
         if self.lifecycle is not None:
             await self.lifecycle.stop()
+        if self._kv_mirror is not None:
+            await self._kv_mirror.close()
         if self.consul is not None:
             await self.consul.stop()
         await leave_and_stop(self.membership, self._stop_serving)
