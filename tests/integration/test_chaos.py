@@ -107,7 +107,10 @@ async def test_a_slow_device_is_ejected_on_slow_calls_and_traffic_shifts(process
         await load.wait_until(lambda lo: lo.by_node(since=tripped)["d2"] >= 300, 20, "traffic after the trip")
         await load.finish()
     assert_nothing_lost_or_late(load)
-    assert "slow" in (breaker(edge, "d1")["last_trip_reason"] or "")
+    # It opened on slow calls; a half-open probe since may have timed out on the same slow device and
+    # opened it again, which is the last reason then (seen on a loaded 2-core CI run).
+    reason = breaker(edge, "d1")["last_trip_reason"] or ""
+    assert "slow" in reason or reason == "probe_timeout", reason
     after = load.by_node(since=tripped)
     assert after["d1"] < 0.1 * after["d2"], f"traffic did not shift away from the slow device: {dict(after)}"
 
