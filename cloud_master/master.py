@@ -31,6 +31,7 @@ from fogline.core.lifecycle.registry import ModelRegistry
 from fogline.core.lifecycle.rollout import JsonFileStore, RolloutController, RolloutStore
 from fogline.core.routing.dispatch import RegionalDispatch
 from fogline.core.security.identity import Identity
+from fogline.servers.dashboard import FleetView, member_node, node
 from fogline.servers.lifecycle import CloudModels
 from fogline.servers.master import Master, MasterSettings
 from fogline.servers.membership import join, leave_and_stop
@@ -223,6 +224,25 @@ class CloudMaster(Master):
         return {"cloud": self.endpoints.get("id"), "regions": regions,
                 "workers": [{**self._describe(s), "healthy": _healthy(statuses.get(s.member.http_address))}
                             for s in workers]}
+
+    def dashboard_view(self) -> FleetView:
+        """The fleet on the dashboard: this master, a node per region with its edge masters (read for
+        their region: devices, traffic, events), and the GPU workers (read for their traffic and health)."""
+        me = node(self.settings.cloud_id, "cloud", None, address=self.endpoints.get("grpc", ""))
+        ejected = set(self.routing.any.snapshot()["ejected"])
+        edges = self.registry.members("edge", include_unchecked=True)
+        workers = self.registry.members("worker", include_unchecked=True)
+        regions = sorted({s.member.region for s in edges})
+        nodes = [me, *(node(r, "region", me["id"], region=r) for r in regions),
+                 *(member_node(s, self.pool.endpoints.get(s.member.id), ejected, parent=s.member.region)
+                   for s in edges),
+                 *(member_node(s, None, ejected, parent=me["id"]) for s in workers)]
+        for n in nodes:
+            if n["kind"] == "worker":
+                n["health"] = "healthy"  # NOTE: no pool routes to workers here: their health is read below
+        rollouts = [self.rollouts.status_json(r.model) for r in self.rollouts.list()] if self.rollouts else []
+        return FleetView(nodes=nodes, scraped=[self.peer(s, "worker") for s in workers if s.member.http_address],
+                         regions=[self.peer(s, "edge") for s in edges if s.member.http_address], rollouts=rollouts)
 
     def _status_ssl(self) -> ssl.SSLContext | None:
         """The client TLS with which the members' status is read (one context: it follows the certificate)."""

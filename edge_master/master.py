@@ -34,6 +34,7 @@ from fogline.core.routing.breaker import CircuitBreaker
 from fogline.core.routing.dispatch import Dispatcher
 from fogline.core.routing.pool import EndpointPool
 from fogline.core.security.identity import Identity, group_dns_name
+from fogline.servers.dashboard import FleetView, member_node, node
 from fogline.servers.lifecycle import EdgeModels, ModelSyncLoop
 from fogline.servers.master import Master, MasterSettings
 from fogline.servers.membership import join, leave_and_stop
@@ -259,6 +260,19 @@ class EdgeMaster(Master):
                 "lifecycle": {**self.models.status(), "sync": self.model_sync.status() if self.model_sync else None}
                 if self.models else None}
 
+    def dashboard_view(self) -> FleetView:
+        """The region on the dashboard: this edge, its device nodes (read for their traffic and health)
+        and the GPU workers it escalates to, each with its circuit as this edge sees it."""
+        me = node(self.settings.edge_id, "edge", None, region=self.settings.region,
+                  address=self.endpoints.get("grpc", ""), load=self._load())
+        states = self.registry.members("device", include_unchecked=True)
+        ejected = set(self.dispatcher.snapshot()["ejected"]) | set(self.router.cloud.snapshot()["ejected"])
+        devices = [member_node(s, self.pool.endpoints.get(s.member.id), ejected, parent=me["id"])
+                   for s in states]
+        workers = [member_node(e.state, e, ejected, parent=me["id"]) for e in self.workers.endpoints.values()]
+        scraped = [self.peer(s, "device") for s in states if s.member.http_address]
+        return FleetView(nodes=[me, *devices, *workers], scraped=scraped, regions=[], rollouts=[])
+
     def _discovery_status(self) -> dict[str, Any]:
         if self.consul is None:
             return {"kind": "embedded"}
@@ -287,4 +301,5 @@ class EdgeMaster(Master):
         await leave_and_stop(self.membership, self._stop_serving)
         if self._cache_tmp is not None:
             self._cache_tmp.cleanup()
+
 

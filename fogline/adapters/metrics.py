@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -25,6 +25,8 @@ class Metrics:
 
     def __init__(self, tier: str, *, is_member: Callable[[str], bool] | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # NOTE: process_start_time_seconds among them: a dashboard tells a restarted process by it.
+        ProcessCollector(registry=self.registry)
         self.tier = tier
         self._is_member = is_member or _always
         self.requests = Counter("fogline_requests", "Inference requests by model and result code",
@@ -42,7 +44,7 @@ class Metrics:
         self.retries = Counter("fogline_retries", "Requests retried on another endpoint",
                                registry=self.registry)
         self.routes = Counter("fogline_routes", "Requests an edge master answered, by where they ran and why",
-                              ["tier", "route"], registry=self.registry)
+                              ["tier", "route", "model"], registry=self.registry)
         self._routes: dict[tuple[str, ...], Counter] = {}
         self._attempts: dict[tuple[str, ...], Counter] = {}
 
@@ -57,10 +59,10 @@ class Metrics:
                 histogram = self._latencies[model] = self.latency.labels(model)
             histogram.observe(seconds)
 
-    def route_counter(self, tier: str, route: str) -> Counter:
-        """The counter of requests an edge master answered on ``tier`` for ``route`` (the ``fogline.route``
-        label); ``fogline.adapters.grpc.forward.RouteTags`` keeps it with the answer's tag."""
-        return _child(self.routes, self._routes, tier, route)
+    def route_counter(self, tier: str, route: str, model: str = "") -> Counter:
+        """The counter of requests for ``model`` an edge master answered on ``tier`` for ``route`` (the
+        ``fogline.route`` label); ``fogline.adapters.grpc.forward.RouteTags`` keeps it with the answer's tag."""
+        return _child(self.routes, self._routes, tier, route, model)
 
     def count_attempt(self, endpoint: str, code: str) -> None:
         """One attempt at an upstream endpoint and its result code; non-OK ones are retried elsewhere."""

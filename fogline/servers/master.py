@@ -21,9 +21,11 @@ from fogline.adapters.grpc.server import bind, create_server, set_serving
 from fogline.adapters.grpc.upstream import GrpcUpstream
 from fogline.adapters.grpc.v2 import V2Backend, v2_handler
 from fogline.adapters.http import start_http
+from fogline.adapters.http.peers import PeerReader
 from fogline.adapters.metrics import Metrics
 from fogline.adapters.tls.credentials import open_channel, server_credentials
 from fogline.adapters.tls.enrolment import DEFAULT_ENROLLED_TTL_S, CaEnroller, Enroller, Issued
+from fogline.adapters.tls.http import client_ssl_context
 from fogline.adapters.tls.material import ClientAuth, TlsMaterial
 from fogline.core.control.limits import ControlLimits
 from fogline.core.control.registry import EmbeddedRegistry, MemberState
@@ -33,6 +35,7 @@ from fogline.core.routing.dispatch import DispatchSettings
 from fogline.core.routing.pool import EndpointPool
 from fogline.core.security.identity import Identity
 from fogline.core.security.members import MemberRules
+from fogline.servers.dashboard import Dashboard, DashboardSettings, FleetView, Peer
 from fogline.servers.security import ProcessSecurity, member_identity, prepare
 from fogline.servers.settings import ProcessSettings
 
@@ -68,6 +71,8 @@ class MasterSettings(ProcessSettings):
     """File holding the admin bearer token (re-read when it changes); never logged."""
     control_limits: ControlLimits = field(default_factory=ControlLimits)
     """What each child may claim (models, names, members) and how often a caller may register."""
+    dashboard: DashboardSettings = field(default_factory=DashboardSettings)
+    """How the live dashboard (``/ui/``, ``/v1/dashboard``) samples this master's part of the fleet."""
 
 
 class Master:
@@ -101,6 +106,7 @@ class Master:
         self.security: ProcessSecurity | None = None
         self.enroller: Enroller | None = None
         self._admin: Any = None
+        self.dashboard: Dashboard | None = None
 
     def identity(self) -> Identity:
         """What this master's certificate names (subclasses)."""
@@ -192,8 +198,10 @@ class Master:
             ports["enrol"] = bind(self._control, s.host, s.enrol_port, flag="--enrol-port",
                                   credentials=creds(ClientAuth.NONE))
         tls = (security.material, ClientAuth.OPTIONAL) if security else None
+        self.dashboard = self._dashboard()
+        routes = {**(routes or {}), **self.dashboard.status_routes()}
         self._http, ports["http"] = await start_http(self, self.metrics, s.host, s.http_port, routes=routes,  # type: ignore[arg-type]
-                                                     tls=tls)
+                                                     tls=tls, ui=True)
         admin_port = await self._start_admin()
         if admin_port is not None:
             ports["admin"] = admin_port
@@ -201,6 +209,7 @@ class Master:
         await self._server.start()
         await set_serving(self._health, True)
         self.prober.start()
+        self.dashboard.start()
         self._expiry = asyncio.create_task(self._expire_loop(), name="expire")
         advertise = s.advertise_host or s.host
         return {name: f"{advertise}:{port}" for name, port in ports.items()}
@@ -217,6 +226,23 @@ class Master:
         routes = {**admin_routes(self.registry, self.enroller), **self.extra_admin_routes()}
         self._admin, port = await start_admin(routes, host=s.host, port=s.admin_port, auth=auth, tls=self.material)
         return port
+
+    def _dashboard(self) -> Dashboard:
+        identity = self.identity()
+        reader = PeerReader(timeout_s=self._master_settings.dashboard.peer_timeout_s,
+                            ssl=client_ssl_context(self.material) if self.material else None)
+        return Dashboard(self.metrics, self.dashboard_view, scope=self.metrics.tier, id=identity.id,
+                         region=identity.region or None, settings=self._master_settings.dashboard, reader=reader)
+
+    def dashboard_view(self) -> FleetView:
+        """What the dashboard shows of the fleet now (subclasses)."""
+        raise NotImplementedError
+
+    def peer(self, state: MemberState, tier: str) -> Peer:
+        """How the dashboard reads ``state``'s member's pages: over TLS, checking its identity."""
+        m = state.member
+        identity = member_identity(m.service, m.id, m.region) if self.material else None
+        return Peer(m.id, tier, m.http_address, identity.dns_name if identity else None)
 
     def extra_admin_routes(self) -> dict[tuple[str, str], Any]:
         """Admin routes a subclass adds to the shared ones, by (method, path) (none here)."""
@@ -241,6 +267,8 @@ class Master:
         self._expiry.cancel()
         await self._control.stop(1.0)
         await self._http.cleanup()
+        if self.dashboard is not None:
+            await self.dashboard.stop()
         await self.prober.stop()
         if self._admin is not None:
             await self._admin.cleanup()

@@ -81,3 +81,60 @@ def _json(content_type: str, body: bytes) -> Any:
     if content_type != "application/json" and not content_type.endswith("+json"):
         raise _BadStatus(f"a status of content type {content_type[:80]!r}, not application/json")
     return json.loads(body)
+
+
+class PeerReader:
+    """Reads pages of peers' REST servers (their ``/metrics``, a region's dashboard data) over one
+    session kept open between reads, each bounded by ``max_body_bytes`` and ``timeout_s``. A peer that
+    does not answer gives None, and nothing is logged: the caller says once that it went away.
+
+    With ``ssl`` the reads are HTTPS, verifying the name ``server_name`` given per read.
+    """
+
+    def __init__(self, *, timeout_s: float = 1.0, ssl: SSLContext | None = None,
+                 max_body_bytes: int = STATUS_MAX_BYTES) -> None:
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._ssl = ssl
+        self._max_body_bytes = max_body_bytes
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self._session
+
+    async def _get(self, address: str, path: str, server_name: str | None) -> tuple[str, bytes] | None:
+        scheme = "http" if self._ssl is None else "https"
+        tls: dict[str, Any] = {} if self._ssl is None else {"ssl": self._ssl, "server_hostname": server_name}
+        try:
+            async with self._open().get(f"{scheme}://{address}{path}", **tls) as reply:
+                reply.raise_for_status()
+                return reply.content_type, await _read(reply, self._max_body_bytes)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, OSError):
+            return None
+
+    async def text(self, address: str, path: str, server_name: str | None = None) -> str | None:
+        """The page's body as text (None: no answer, or not UTF-8)."""
+        got = await self._get(address, path, server_name)
+        if got is None:
+            return None
+        try:
+            return got[1].decode()
+        except UnicodeDecodeError:
+            return None
+
+    async def json(self, address: str, path: str, server_name: str | None = None) -> Any:
+        """The page's JSON body (None: no answer, or not JSON)."""
+        got = await self._get(address, path, server_name)
+        if got is None:
+            return None
+        try:
+            return _json(*got)
+        except (ValueError, RecursionError):
+            return None
+
+    async def close(self) -> None:
+        """Close the session (reads after this open a new one)."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

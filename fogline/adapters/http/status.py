@@ -4,6 +4,7 @@
 - ``GET /readyz``: 200 when it can serve; 503 with the reason otherwise.
 - ``GET /v1/status``: JSON — identity, models, load, peers.
 - ``GET /metrics``: Prometheus text format.
+- ``GET /ui/`` (masters): the live dashboard page (``fogline.adapters.http.ui``), over its JSON routes.
 
 A process may add GET routes of its own that answer JSON (the cloud master's ``/v1/topology``); a route's
 path parameters (``/v1/models/{name}``) are its producer's keyword arguments, and a FoglineError it raises
@@ -19,6 +20,7 @@ callers normally pass ``ClientAuth.OPTIONAL`` (a client certificate is asked for
 from __future__ import annotations
 
 import errno
+import inspect
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
@@ -64,7 +66,7 @@ class StatusSource(Protocol):
 
 
 def create_app(source: StatusSource, metrics: Metrics,
-               routes: Mapping[str, JsonRoute] | None = None) -> web.Application:
+               routes: Mapping[str, JsonRoute] | None = None, *, ui: bool = False) -> web.Application:
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"live": True})
 
@@ -86,13 +88,21 @@ def create_app(source: StatusSource, metrics: Metrics,
     app.router.add_get("/metrics", prometheus)
     for path, produce in (routes or {}).items():
         app.router.add_get(path, _json_route(produce))
+    if ui:
+        from fogline.adapters.http.ui import add_ui_routes
+
+        add_ui_routes(app)
     return app
 
 
 def _json_route(produce: JsonRoute) -> Callable[[web.Request], Awaitable[web.Response]]:
+    # NOTE: a producer's optional parameters (a default, a string when given) come from the query string.
+    query = [name for name, p in inspect.signature(produce).parameters.items() if p.default is not p.empty]
+
     async def handle(request: web.Request) -> web.Response:
+        asked = {n: request.query[n] for n in query if n in request.query and n not in request.match_info}
         try:
-            return web.json_response(await produce(**request.match_info))
+            return web.json_response(await produce(**request.match_info, **asked))
         except FoglineError as err:
             return web.json_response({"error": err.message, "code": err.code.value}, status=HTTP_STATUS[err.code])
     return handle
@@ -101,13 +111,14 @@ def _json_route(produce: JsonRoute) -> Callable[[web.Request], Awaitable[web.Res
 async def start_http(source: StatusSource, metrics: Metrics, host: str, port: int, *,
                      routes: Mapping[str, JsonRoute] | None = None, flag: str = "--http-port",
                      header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
-                     tls: ServerTls | None = None) -> tuple[web.AppRunner, int]:
+                     tls: ServerTls | None = None, ui: bool = False) -> tuple[web.AppRunner, int]:
     """Serve the status app (plus ``routes``) on host:port (0 = any free port); the runner and the bound
     port. A port that is taken raises :class:`PortInUseError` naming ``flag``. A connection that takes
     longer than ``header_timeout_s`` to send a request's headers, or sits idle that long, is closed.
-    With ``tls`` (material, client auth) it serves HTTPS, with the material's current certificate."""
+    With ``tls`` (material, client auth) it serves HTTPS, with the material's current certificate. With
+    ``ui`` it also serves the dashboard page (``/ui/``)."""
     ssl_context = None if tls is None else server_ssl_context(*tls)
-    return await serve_app(create_app(source, metrics, routes), host, port, flag=flag,
+    return await serve_app(create_app(source, metrics, routes, ui=ui), host, port, flag=flag,
                            header_timeout_s=header_timeout_s, ssl_context=ssl_context)
 
 
