@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 EXTRAS ?= cpu,cloud,dev
 
-.PHONY: install up test lint bench bench-cascade bench-chaos bench-tls bench-rollout protos
+.PHONY: install system-deps up test lint bench bench-cascade bench-chaos bench-tls bench-rollout protos
 
 install: $(VENV)/.installed
 
@@ -18,7 +18,12 @@ $(VENV)/.installed: pyproject.toml
 up: install
 	$(VENV)/bin/fogline up
 
-test: install lint
+# Debian's chromium, chromium-driver and prometheus, for the browser and Prometheus tests, when this machine
+# can install them (root or passwordless sudo); otherwise one line each on which tests will be skipped. Never fails.
+system-deps:
+	-@bash tools/install_system_deps.sh
+
+test: system-deps install lint
 	$(PY) tools/gen_protos.py --check
 	$(PY) -m pytest
 

@@ -3,7 +3,8 @@ a cloud master, one GPU worker, and two regions of an edge master with two devic
 
 Each process is a ``python -m fogline <tier>`` child writing its log under ``<workdir>/logs`` and
 its bound endpoints to a ready file; the stack waits for each, prints the endpoints and writes
-them, with the process ids, to ``<workdir>/stack.json``.
+them, with the process ids, to ``<workdir>/stack.json``, and a Prometheus configuration scraping every
+process to ``<workdir>/prometheus.yml`` (:mod:`fogline.local.prometheus`).
 
 Then it supervises (:mod:`fogline.local.supervisor`): a child that dies is restarted on the same ports
 with exponential backoff while the rest keep serving, one that crash-loops is left down, and the
@@ -32,6 +33,7 @@ from fogline.core.security.identity import Identity
 from fogline.local.credentials import StackCredentials
 from fogline.local.digits import CATALOG_FILE
 from fogline.local.launch import LaunchError
+from fogline.local.prometheus import CONFIG_FILE, DEFAULT_SCRAPE_INTERVAL_S, PrometheusFiles
 from fogline.local.samples import build_sample_repository
 from fogline.local.supervisor import Child, ChildState, RestartSettings, Supervisor
 from fogline.servers.process import write_json_atomic
@@ -62,7 +64,8 @@ class LocalStack:
 
     def __init__(self, workdir: Path, *, edge_port: int = 8001, edge_http_port: int = 8000,
                  cloud_port: int = 8011, cloud_http_port: int = 8010, regions: int = 2,
-                 devices: int = 2, restart: RestartSettings | None = None, secure: bool = True) -> None:
+                 devices: int = 2, restart: RestartSettings | None = None, secure: bool = True,
+                 scrape_interval_s: float = DEFAULT_SCRAPE_INTERVAL_S) -> None:
         self.workdir = Path(workdir).resolve()
         self.edge_port = edge_port
         self.edge_http_port = edge_http_port
@@ -76,6 +79,7 @@ class LocalStack:
         self._stop = threading.Event()
         self._models: Path | None = None
         self.credentials = StackCredentials(self.workdir / "tls") if secure else None
+        self.prometheus = PrometheusFiles(self.workdir, scrape_interval_s=scrape_interval_s)
 
     def _spawn(self, name: str, *args: str, identity: Identity, stop_order: int) -> Child:
         tls = self.credentials.flags(name, identity) if self.credentials else []
@@ -187,6 +191,7 @@ class LocalStack:
 
     def _write_state(self) -> dict[str, Any]:
         state = self.state()
+        self.prometheus.update(state)  # NOTE: before the state file, whose appearance says the stack is up
         write_json_atomic(self.state_file, state)
         return state
 
@@ -253,6 +258,7 @@ def _print_state(state: dict[str, Any], state_file: Path) -> None:
         for d in members["devices"]:
             print(f"  {region}: device node {d['id']:<18} grpc {d['grpc']:<22} {web}://{d['http']}")
     print(f"State file: {state_file}")
+    print(f"Prometheus config: {Path(state['workdir']) / CONFIG_FILE}")
     if tls:
         print(f"mTLS on every hop (CA {tls['ca']}); client certificate {tls['client_cert']}, key {tls['client_key']}")
         curl = f"curl --cacert {tls['ca']} https://{cloud['http']}/v1/topology"
