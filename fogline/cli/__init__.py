@@ -150,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--batch", type=int, default=1, help="rows of random input (default 1)")
     infer.add_argument("--session", help="affinity key (fogline.session)")
     infer.add_argument("--timeout-s", type=float, default=10.0)
+    infer.add_argument("--trace", action="store_true",
+                       help="send the request in a new sampled trace and print its trace id and timings (its "
+                            "spans are exported where the OTEL_* variables say, if they say)")
     security_flags.add_client_flags(infer)
 
     calibrate = sub.add_parser("calibrate", help="choose a cascade's hardness threshold on labelled validation data")
@@ -331,6 +334,8 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _infer(args: argparse.Namespace) -> int:
+    import time
+
     import numpy as np
 
     from fogline.core.tensors import numpy_dtype
@@ -340,25 +345,64 @@ def _infer(args: argparse.Namespace) -> int:
     url = _stack_edge(args.url, args.state)
     if url is None:
         return 2
-    with SyncClient(url, timeout_s=args.timeout_s, **security_flags.client_settings(args)) as client:
-        try:
-            if args.input:
-                inputs = {"input": np.load(args.input)}
-            else:
-                meta = client.model_metadata(args.model)
-                rng = np.random.default_rng()
-                inputs = {t.name: rng.standard_normal([args.batch if d == -1 else d for d in t.shape])
-                          .astype(numpy_dtype(t.datatype)) for t in meta.inputs}
-            result = client.infer(args.model, inputs, session=args.session)
-        except FoglineError as err:
-            print(f"error: {err.code.value}: {err}", file=sys.stderr)
-            return 1
+    from fogline.adapters.tracing import TracingError
+
+    try:
+        spans = _client_tracing(args.trace)
+    except TracingError as err:
+        print(f"fogline infer: {err}", file=sys.stderr)
+        return 2
+    try:
+        with SyncClient(url, timeout_s=args.timeout_s, spans=spans, **security_flags.client_settings(args)) as client:
+            try:
+                if args.input:
+                    inputs = {"input": np.load(args.input)}
+                else:
+                    meta = client.model_metadata(args.model)
+                    rng = np.random.default_rng()
+                    inputs = {t.name: rng.standard_normal([args.batch if d == -1 else d for d in t.shape])
+                              .astype(numpy_dtype(t.datatype)) for t in meta.inputs}
+                started = time.perf_counter()
+                result = client.infer(args.model, inputs, session=args.session)
+                took_s = time.perf_counter() - started
+            except FoglineError as err:
+                print(f"error: {err.code.value}: {err}", file=sys.stderr)
+                return 1
+    finally:
+        if spans is not None:
+            spans.close()
     np.set_printoptions(precision=4, suppress=True, linewidth=120)
     print(f"model {result.model} v{result.version} via {result.endpoint}: tier={result.tier} "
           f"node={result.node} route={result.route}")
+    if args.trace:
+        _print_trace(result, took_s)
     for name, value in result.outputs.items():
         print(f"{name} {value.dtype} {list(value.shape)}:")
         print(value)
         if value.ndim == 2 and value.dtype.kind == "f":
             print(f"argmax: {value.argmax(axis=1).tolist()}")
     return 0
+
+
+def _client_tracing(forced: bool) -> Any:
+    """The spans of ``fogline infer``: with ``forced`` (``--trace``) every request starts a sampled trace,
+    exported only if the OTEL_* variables configure an exporter; without it, tracing as they say (None: off)."""
+    from fogline.adapters import tracing
+
+    if not forced and not tracing.configured():
+        return None
+    sampler = None
+    if forced:
+        from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+
+        sampler = ALWAYS_ON
+    return tracing.setup("fogline-cli", sampler=sampler, export=tracing.configured())
+
+
+def _print_trace(result: Any, took_s: float) -> None:
+    """The trace id of a ``--trace`` request and what its answer says of where it ran."""
+    print(f"trace id: {result.trace_id}")
+    hops = [("client total", f"{took_s * 1000:.2f} ms")]
+    hops += [(key, str(value)) for key, value in sorted(result.parameters.items()) if key.startswith("fogline.")]
+    for key, value in hops:
+        print(f"  {key}: {value}")

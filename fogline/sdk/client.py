@@ -10,6 +10,11 @@ Over TLS (what a secure ``fogline up`` needs: its state file names the files), a
     fogline.Client("127.0.0.1:8001", tls=tls, api_key="fogline-ak-...")
 
 :class:`SyncClient` offers the same calls without asyncio.
+
+Tracing: when the process has OpenTelemetry set up (``fogline.adapters.tracing``, or an application's
+own global tracer provider), each ``infer`` is a CLIENT span with one child CLIENT span per attempt,
+whose W3C trace context goes to the server in the call's metadata; ``InferResult.trace_id`` names
+the trace.
 """
 
 from __future__ import annotations
@@ -27,9 +32,11 @@ import numpy as np
 
 from fogline._proto import inference_pb2 as pb
 from fogline._proto import inference_pb2_grpc as pb_grpc
+from fogline.adapters import tracing
 from fogline.adapters.grpc.codec import decode_outputs, decode_parameters, encode_request
 from fogline.adapters.grpc.server import DEFAULT_MAX_MESSAGE_BYTES, channel_options
 from fogline.adapters.grpc.status import translated
+from fogline.core.observe.spans import CLIENT, NO_SPAN, Span, Spans, succeeded
 from fogline.core.parameters import PARAM_DEGRADED, PARAM_NODE, PARAM_ROUTE, PARAM_SESSION, PARAM_TIER
 from fogline.core.routing.attempt import RetryElsewhere, attempt
 from fogline.core.routing.breaker import BreakerSettings, CircuitBreaker, Permit
@@ -37,6 +44,11 @@ from fogline.core.tensors import ParameterValue, TensorSpec
 from fogline.errors import DeadlineExceededError, FoglineError, UnavailableError
 
 T = TypeVar("T")
+Metadata = tuple[tuple[str, str], ...] | None
+Call = Callable[[pb_grpc.GRPCInferenceServiceStub, float, Metadata], Awaitable[T]]
+"""One RPC on a stub, given its timeout and metadata."""
+INFER_SPAN = "fogline.infer"
+ATTEMPT_SPAN = "inference.GRPCInferenceService/ModelInfer"
 
 # A client sees one endpoint per region: a region that failed twice in a row is left alone for a
 # second before a probe, and is back after two good answers.
@@ -72,6 +84,8 @@ class InferResult:
     parameters: dict[str, ParameterValue]
     endpoint: str
     id: str = ""
+    trace_id: str = ""
+    """The trace of the request (32 hex digits), when this client traced it; "" otherwise."""
 
     @property
     def tier(self) -> str:
@@ -116,7 +130,8 @@ class Client:
 
     def __init__(self, endpoints: str | Sequence[str], *, timeout_s: float = 10.0,
                  attempt_timeout_s: float | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 breaker: BreakerSettings | None = None, tls: TLS | None = None, api_key: str | None = None) -> None:
+                 breaker: BreakerSettings | None = None, tls: TLS | None = None, api_key: str | None = None,
+                 spans: Spans | None = None) -> None:
         self.endpoints = [endpoints] if isinstance(endpoints, str) else list(dict.fromkeys(endpoints))
         if not self.endpoints:
             raise ValueError("at least one endpoint (host:port) is required")
@@ -131,6 +146,8 @@ class Client:
         self._channels: list[grpc.aio.Channel] = []
         self._breaker_settings = breaker or CLIENT_BREAKER
         self.breakers = {e: CircuitBreaker(self._breaker_settings) for e in self.endpoints}
+        self.spans: Spans = spans if spans is not None else tracing.client_spans()
+        """Where the client's spans go (see the module docstring); NO_SPANS records none."""
 
     def set_endpoints(self, endpoints: Sequence[str]) -> None:
         """Replace the endpoints (in order of preference), e.g. as discovery reports them; known ones
@@ -150,8 +167,9 @@ class Client:
             stub = self._stubs[endpoint] = pb_grpc.GRPCInferenceServiceStub(channel)
         return stub
 
-    async def _call(self, call: Callable[[pb_grpc.GRPCInferenceServiceStub, float], Awaitable[T]],
-                    timeout_s: float | None) -> tuple[T, str]:
+    async def _call(self, call: Call[T], timeout_s: float | None, *, traced: bool = False) -> tuple[T, str]:
+        """``call`` at the endpoints in turn (see the class docstring); ``traced``: each attempt in a span
+        of its own, when tracing is on. The answer and the endpoint that gave it."""
         deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.timeout_s)
         errors: list[FoglineError] = []
         tried: set[str] = set()
@@ -162,7 +180,9 @@ class Client:
                     continue
                 tried.add(endpoint)
                 try:
-                    return await self._attempt(endpoint, permit, call, deadline), endpoint
+                    if traced and self.spans.enabled:
+                        return await self._traced_attempt(endpoint, permit, call, deadline), endpoint
+                    return await self._attempt(endpoint, permit, call, deadline, self._metadata), endpoint
                 except RetryElsewhere as retry:
                     errors.append(retry.error)
             if tried:
@@ -171,8 +191,14 @@ class Client:
             raise errors[0]
         raise UnavailableError(f"no endpoint answered: {'; '.join(map(str, errors))}")
 
-    async def _attempt(self, endpoint: str, permit: Permit,
-                       call: Callable[[pb_grpc.GRPCInferenceServiceStub, float], Awaitable[T]], deadline: float) -> T:
+    async def _traced_attempt(self, endpoint: str, permit: Permit, call: Call[T], deadline: float) -> T:
+        """:meth:`_attempt` in a CLIENT span whose context goes to the server in the call's metadata."""
+        with self.spans.span(ATTEMPT_SPAN, {"rpc.system": "grpc", "fogline.endpoint": endpoint}, kind=CLIENT) as span:
+            result = await self._attempt(endpoint, permit, call, deadline, tracing.outgoing_metadata(self._metadata))
+            succeeded(span)
+            return result
+
+    async def _attempt(self, endpoint: str, permit: Permit, call: Call[T], deadline: float, metadata: Metadata) -> T:
         """One try at ``endpoint`` (:func:`attempt`): RetryElsewhere if another endpoint should be tried,
         the error itself if it is final."""
         breaker = self.breakers[endpoint]
@@ -181,7 +207,8 @@ class Client:
             breaker.release(permit)
             raise DeadlineExceededError(f"the call's timeout passed before {endpoint} could be tried")
         stub = self._stub(endpoint)
-        return await attempt(breaker, permit, lambda timeout_s: translated(call(stub, timeout_s), peer=endpoint),
+        return await attempt(breaker, permit,
+                             lambda timeout_s: translated(call(stub, timeout_s, metadata), peer=endpoint),
                              remaining_s=remaining, attempt_timeout_s=self.attempt_timeout_s, peer=endpoint)
 
     async def infer(self, model: str, inputs: Mapping[str, np.ndarray], *, outputs: Sequence[str] | None = None,
@@ -201,15 +228,28 @@ class Client:
             params[PARAM_TIER] = tier
         request = encode_request(model, inputs, version=version, request_id=request_id, outputs=outputs,
                                  parameters=params)
-        reply, endpoint = await self._call(
-            lambda stub, t: stub.ModelInfer(request, timeout=t, metadata=self._metadata), timeout_s)
+        if not self.spans.enabled:
+            return self._result(*await self._infer(request, timeout_s))
+        with self.spans.span(INFER_SPAN, {"fogline.model": model}, kind=CLIENT) as span:
+            reply, endpoint = await self._infer(request, timeout_s)
+            result = self._result(reply, endpoint, span)
+            _describe(span, result)
+            return result
+
+    async def _infer(self, request: pb.ModelInferRequest, timeout_s: float | None) -> tuple[pb.ModelInferResponse, str]:
+        return await self._call(lambda stub, t, metadata: stub.ModelInfer(request, timeout=t, metadata=metadata),
+                                timeout_s, traced=True)
+
+    @staticmethod
+    def _result(reply: pb.ModelInferResponse, endpoint: str, span: Span = NO_SPAN) -> InferResult:
         return InferResult(model=reply.model_name, version=reply.model_version, outputs=decode_outputs(reply),
-                           parameters=decode_parameters(reply.parameters), endpoint=endpoint, id=reply.id)
+                           parameters=decode_parameters(reply.parameters), endpoint=endpoint, id=reply.id,
+                           trace_id=span.trace_id)
 
     async def model_metadata(self, model: str, version: str = "", *, timeout_s: float | None = None) -> ModelMetadata:
         request = pb.ModelMetadataRequest(name=model, version=version)
         reply, _ = await self._call(
-            lambda stub, t: stub.ModelMetadata(request, timeout=t, metadata=self._metadata), timeout_s)
+            lambda stub, t, metadata: stub.ModelMetadata(request, timeout=t, metadata=metadata), timeout_s)
         return ModelMetadata(
             name=reply.name, versions=list(reply.versions), platform=reply.platform,
             inputs=[TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in reply.inputs],
@@ -219,18 +259,18 @@ class Client:
     async def model_ready(self, model: str, version: str = "", *, timeout_s: float | None = None) -> bool:
         request = pb.ModelReadyRequest(name=model, version=version)
         reply, _ = await self._call(
-            lambda stub, t: stub.ModelReady(request, timeout=t, metadata=self._metadata), timeout_s)
+            lambda stub, t, metadata: stub.ModelReady(request, timeout=t, metadata=metadata), timeout_s)
         return reply.ready
 
     async def server_ready(self, *, timeout_s: float | None = None) -> bool:
         request = pb.ServerReadyRequest()
-        reply, _ = await self._call(lambda stub, t: stub.ServerReady(request, timeout=t, metadata=self._metadata),
+        reply, _ = await self._call(lambda stub, t, metadata: stub.ServerReady(request, timeout=t, metadata=metadata),
                                     timeout_s)
         return reply.ready
 
     async def server_live(self, *, timeout_s: float | None = None) -> bool:
         request = pb.ServerLiveRequest()
-        reply, _ = await self._call(lambda stub, t: stub.ServerLive(request, timeout=t, metadata=self._metadata),
+        reply, _ = await self._call(lambda stub, t, metadata: stub.ServerLive(request, timeout=t, metadata=metadata),
                                     timeout_s)
         return reply.live
 
@@ -245,6 +285,13 @@ class Client:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def _describe(span: Span, result: InferResult) -> None:
+    """What the answer says about where it ran, on the request's span."""
+    where = {key: str(result.parameters[key]) for key in (PARAM_TIER, PARAM_NODE, PARAM_ROUTE)
+             if key in result.parameters}
+    succeeded(span, {"fogline.endpoint": result.endpoint, **where})
 
 
 class SyncClient:

@@ -4,6 +4,10 @@ A started process writes its endpoints as JSON to ``--ready-file`` (atomically),
 ``fogline up``, deploy scripts and tests learn the ports it bound when asked for port 0. Given
 ``--parent-pid`` (``fogline up`` passes its own), it also drains and exits once that process is
 gone, so a killed supervisor leaves no orphan holding its ports.
+
+Tracing is set up here, once, when the ``OTEL_*`` variables configure an exporter
+(``fogline.adapters.tracing``): service ``fogline-<tier>`` with the process's id as its instance;
+what is left is exported after the drain.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Protocol
 
+from fogline.adapters import tracing
 from fogline.errors import PortInUseError
 
 log = logging.getLogger(__name__)
@@ -72,14 +77,31 @@ async def _parent_gone(parent_pid: int, stop: asyncio.Event) -> None:
     stop.set()
 
 
+def start_tracing(service: Service) -> tracing.OtelSpans | None:
+    """Tracing for the process serving ``service``, if the ``OTEL_*`` variables ask for it (None if not):
+    service ``fogline-<tier>`` and instance ``<id>`` from its identity, when it has one."""
+    identity = getattr(service, "identity", None)
+    who = identity() if callable(identity) else None
+    name = f"fogline-{who.service}" if who is not None else "fogline"
+    return tracing.start_process_tracing(name, who.id if who is not None else "")
+
+
 def run(service: Service, ready_file: Path | None = None, parent_pid: int | None = None) -> int:
-    """Serve until told to stop; 0, or 2 after one line on stderr when a port is taken or the process
-    cannot start securely (TLS files, enrolment)."""
+    """Serve until told to stop; 0, or 2 after one line on stderr when a port is taken, the process
+    cannot start securely (TLS files, enrolment) or tracing is misconfigured."""
     from fogline.servers.security import SecurityError
 
+    try:
+        spans = start_tracing(service)
+    except tracing.TracingError as err:
+        print(f"fogline: {err}", file=sys.stderr)
+        return 2
     try:
         asyncio.run(serve(service, ready_file, parent_pid))
     except (PortInUseError, SecurityError) as err:
         print(f"fogline: {err}", file=sys.stderr)
         return 2
+    finally:
+        if spans is not None:
+            spans.close()  # NOTE: after the drain: the spans of the last requests go out too
     return 0

@@ -1,4 +1,8 @@
-"""A V2 peer reached over gRPC: one channel per peer, ModelInfer forwarded as bytes."""
+"""A V2 peer reached over gRPC: one channel per peer, ModelInfer forwarded as bytes.
+
+With tracing on (``fogline.adapters.tracing``), each request carries the current trace context: in
+the call's metadata, or, on a stream, in parameters appended to the request's bytes.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +15,13 @@ import grpc
 
 from fogline._proto import inference_pb2 as pb
 from fogline._proto import inference_pb2_grpc as pb_grpc
+from fogline.adapters import tracing
 from fogline.adapters.grpc import wire
 from fogline.adapters.grpc.server import channel_options
 from fogline.adapters.grpc.status import from_rpc_error
 from fogline.adapters.tls.credentials import open_channel
 from fogline.adapters.tls.material import TlsMaterial
+from fogline.core.observe.spans import PROCESS_SPANS
 from fogline.core.parameters import PARAM_CODE
 from fogline.core.security.identity import Identity
 from fogline.errors import DeadlineExceededError, ErrorCode, FoglineError, UnavailableError, error_for_code
@@ -55,7 +61,8 @@ class GrpcUpstream:
             raise
 
     async def infer(self, request: bytes, timeout_s: float | None) -> bytes:
-        return await self._call(self._infer(request, timeout=timeout_s))
+        metadata = tracing.outgoing_metadata() if PROCESS_SPANS.enabled else None
+        return await self._call(self._infer(request, timeout=timeout_s, metadata=metadata))
 
     async def model_metadata(self, name: str, version: str, timeout_s: float) -> pb.ModelMetadataResponse:
         return await self._call(self.stub.ModelMetadata(pb.ModelMetadataRequest(name=name, version=version),
@@ -105,6 +112,8 @@ class StreamUpstream(GrpcUpstream):
         tag = str(next(self._ids))
         timeout_ms = None if timeout_s is None else max(1, int(timeout_s * 1000))
         message = wire.tag_stream_request(request, tag, timeout_ms)
+        if PROCESS_SPANS.enabled:
+            message += tracing.outgoing_parameters()
         if len(message) > self.max_message_bytes:
             # NOTE: our tags would take the request over the peer's message limit, and one oversized message
             # ends the whole stream, every request on it with it: this one goes on a call of its own, as received.

@@ -8,6 +8,9 @@ and forwards (``fogline.adapters.grpc.forward``).
 
 With :class:`~fogline.core.security.apikeys.ApiKeys`, calls that use a model need an API key
 (metadata ``authorization: Bearer <key>``) allowed that model; see :class:`V2Servicer`.
+
+With tracing on, each inference (a ModelInfer call, or one request of a stream) is a SERVER span
+under the caller's trace context (``fogline.adapters.tracing`` says where it is found).
 """
 
 from __future__ import annotations
@@ -25,11 +28,13 @@ from google.protobuf.message import DecodeError
 
 from fogline._proto import inference_pb2 as pb
 from fogline._version import __version__
+from fogline.adapters import tracing
 from fogline.adapters.grpc import wire
 from fogline.adapters.grpc.codec import decode_request, encode_response, positive_parameter
 from fogline.adapters.grpc.status import TO_GRPC, as_fogline_error, status_details, trailing_metadata
 from fogline.adapters.metrics import UNKNOWN_MODEL, Metrics
 from fogline.adapters.tls.credentials import peer_identity
+from fogline.core.observe.spans import PROCESS_SPANS, SERVER, Spans, succeeded
 from fogline.core.parameters import PARAM_CODE, PARAM_TIMEOUT_MS
 from fogline.core.security.apikeys import ApiKeys
 from fogline.core.serving.dataplane import LocalDataPlane
@@ -39,6 +44,8 @@ from fogline.errors import ErrorCode, FoglineError, InvalidInputError
 log = logging.getLogger(__name__)
 
 SERVICE = "inference.GRPCInferenceService"
+UNARY_SPAN = f"{SERVICE}/ModelInfer"
+STREAM_SPAN = f"{SERVICE}/ModelStreamInfer"
 
 
 class V2Backend(abc.ABC):
@@ -186,10 +193,12 @@ class V2Servicer:
     check of any kind on their path.
     """
 
-    def __init__(self, backend: V2Backend, metrics: Metrics, *, api_keys: ApiKeys | None = None) -> None:
+    def __init__(self, backend: V2Backend, metrics: Metrics, *, api_keys: ApiKeys | None = None,
+                 spans: Spans = PROCESS_SPANS) -> None:
         self.backend = backend
         self.metrics = metrics
         self.api_keys = api_keys
+        self.spans = spans
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The generic handler with one method handler per RPC (the key-checking ones with API keys)."""
@@ -222,18 +231,51 @@ class V2Servicer:
         self.metrics.observe(model, "OK", time.perf_counter() - started)
         return out
 
+    async def traced(self, infer: Infer, data: bytes, request: pb.ModelInferRequest, deadline: float | None,
+                     parent: object | None, name: str = UNARY_SPAN) -> bytes:
+        """``infer`` of ``request`` in a SERVER span under ``parent`` (the caller's trace context, if any),
+        with the model, the version that answered and the outcome."""
+        attributes = {"rpc.system": "grpc", "fogline.model": request.model_name,
+                      "fogline.model_version": request.model_version}
+        with self.spans.span(name, attributes, kind=SERVER, parent=parent) as span:
+            body = await infer(data, request, deadline)
+            succeeded(span, {"fogline.model_version": wire.model_version(body)})
+            return body
+
+    def _unary(self, infer: Infer, data: bytes, request: pb.ModelInferRequest,
+               context: grpc.aio.ServicerContext) -> Awaitable[bytes]:
+        """One ModelInfer call's inference, traced when tracing is on (context: metadata, else parameters)."""
+        deadline = deadline_of(context)
+        if not self.spans.enabled:
+            return infer(data, request, deadline)
+        parent = tracing.from_metadata(context.invocation_metadata()) or tracing.from_parameters(request.parameters)
+        return self.traced(infer, data, request, deadline, parent)
+
+    def _stream_traced(self, infer: Infer, context: grpc.aio.ServicerContext) -> Infer:
+        """``infer`` for each request of a stream, traced while tracing is on (context: the request's
+        parameters, else the stream's metadata)."""
+
+        def serve(data: bytes, request: pb.ModelInferRequest, deadline: float | None) -> Awaitable[bytes]:
+            if not self.spans.enabled:
+                return infer(data, request, deadline)
+            parent = tracing.from_parameters(request.parameters) or tracing.from_metadata(context.invocation_metadata())
+            return self.traced(infer, data, request, deadline, parent, STREAM_SPAN)
+
+        return serve
+
     @_aborting
     def ModelInfer(self, data: bytes, context: grpc.aio.ServicerContext) -> Awaitable[bytes]:
         # NOTE: a plain method returning infer's coroutine: no coroutine of its own on the hot path.
-        return self.infer(data, _parse(pb.ModelInferRequest, data), deadline_of(context))
+        return self._unary(self.infer, data, _parse(pb.ModelInferRequest, data), context)
 
     async def ModelStreamInfer(self, requests: AsyncIterator[bytes],
                                context: grpc.aio.ServicerContext) -> None:
         """Serve every request of the stream concurrently; replies go out as they finish."""
-        await self._serve_stream(_Stream(self.infer), requests, context)
+        await self._serve_stream(self.infer, requests, context)
 
-    async def _serve_stream(self, stream: _Stream, requests: AsyncIterator[bytes],
+    async def _serve_stream(self, infer: Infer, requests: AsyncIterator[bytes],
                             context: grpc.aio.ServicerContext) -> None:
+        stream = _Stream(self._stream_traced(infer, context))
         reader = asyncio.create_task(stream.read_all(requests))
         try:
             while (reply := await stream.replies.get()) is not None:
@@ -268,7 +310,7 @@ class V2Servicer:
     @_aborting
     async def _keyed_model_infer(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
         request = self._authorized(pb.ModelInferRequest, data, context, count=True)
-        return await self.infer(data, request, deadline_of(context))
+        return await self._unary(self.infer, data, request, context)
 
     @_aborting
     async def _keyed_model_ready(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -288,7 +330,7 @@ class V2Servicer:
         except Exception as exc:
             await abort(context, exc)
             raise  # unreachable: abort raises
-        await self._serve_stream(_Stream(infer), requests, context)
+        await self._serve_stream(infer, requests, context)
 
     def _authorized(self, message_type: Any, data: bytes, context: grpc.aio.ServicerContext, *,
                     count: bool) -> Any:
@@ -388,7 +430,8 @@ class _Stream:
             task.cancel()
 
 
-def v2_handler(backend: V2Backend, metrics: Metrics, *, api_keys: ApiKeys | None = None) -> grpc.GenericRpcHandler:
+def v2_handler(backend: V2Backend, metrics: Metrics, *, api_keys: ApiKeys | None = None,
+               spans: Spans = PROCESS_SPANS) -> grpc.GenericRpcHandler:
     """The generic handler that serves ``backend`` as ``inference.GRPCInferenceService``, checking API
-    keys when ``api_keys`` is given (see :class:`V2Servicer`)."""
-    return V2Servicer(backend, metrics, api_keys=api_keys).handler()
+    keys when ``api_keys`` is given (see :class:`V2Servicer`), recording ``spans``."""
+    return V2Servicer(backend, metrics, api_keys=api_keys, spans=spans).handler()

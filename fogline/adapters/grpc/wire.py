@@ -12,7 +12,9 @@ re-serializing tensors. Every such edit is a function here:
   (``fogline.adapters.grpc.codec.encode_parameters``, cached by the caller: they repeat);
 - :func:`tag_stream_request` / :func:`message_id`: a request's stream-local id and deadline, and
   the id a reply is matched by;
-- :func:`stream_response` / :func:`read_stream_response`: a ModelStreamInferResponse around a body.
+- :func:`stream_response` / :func:`read_stream_response`: a ModelStreamInferResponse around a body;
+- :func:`string_parameters`: string parameters to append to a request (its trace context on a stream),
+  and :func:`model_version`: the version a response names.
 
 ModelInferRequest and ModelInferResponse number the fields edited here alike: model_name 1, id 3,
 parameters 4.
@@ -32,6 +34,11 @@ MODEL_VERSION = 2
 """ModelInferRequest.model_version and ModelInferResponse.model_version."""
 ID = 3
 """ModelInferRequest.id and ModelInferResponse.id."""
+PARAMETERS = 4
+"""ModelInferRequest.parameters and ModelInferResponse.parameters (map<string, InferParameter>)."""
+_MAP_KEY, _MAP_VALUE = 1, 2
+_STRING_PARAM = 3
+"""InferParameter.string_param."""
 STREAM_ERROR = 1
 """ModelStreamInferResponse.error_message."""
 STREAM_BODY = 2
@@ -91,8 +98,6 @@ def fields(data: bytes | memoryview) -> Iterator[tuple[int, int, memoryview | in
         else:
             raise InvalidInputError(f"unsupported protobuf wire type {wire_type}")
 
-
-
 def _string(field: int, text: str) -> bytes:
     return length_delimited(field, text.encode())
 
@@ -115,6 +120,23 @@ def with_id(message: bytes, id: str, *, model_name: str | None = None, parameter
     if model_name is not None:
         suffix += _string(MODEL_NAME, model_name)
     return b"".join((message, suffix, parameters))
+
+
+def string_parameters(values: dict[str, str]) -> bytes:
+    """``values`` as string parameters of a ModelInferRequest (or response), encoded to append to it: each
+    replaces a parameter of the same name and keeps the others."""
+    entries = (_string(_MAP_KEY, key) + length_delimited(_MAP_VALUE, _string(_STRING_PARAM, value))
+               for key, value in values.items())
+    return b"".join(length_delimited(PARAMETERS, entry) for entry in entries)
+
+
+def model_version(message: bytes | memoryview) -> str:
+    """The model_version of a ModelInferResponse (or request) as protobuf reads it: the last one."""
+    found = ""
+    for field, _, value in fields(message):
+        if field == MODEL_VERSION:
+            found = bytes(value).decode(errors="replace")  # type: ignore[arg-type]
+    return found
 
 
 def tag_stream_request(request: bytes, id: str, timeout_ms: int | None) -> bytes:

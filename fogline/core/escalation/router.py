@@ -11,6 +11,10 @@ the model is open, a cascade returns the device answer at once (``degraded``) an
 model fails at once with UNAVAILABLE; a hard input waits for the cloud at most
 ``escalation_timeout_s``. A half-open circuit lets a probe through on a request that really goes
 to the cloud: easy cascade inputs never spend it.
+
+With tracing on, each request is a ``fogline.route`` span saying where it ran and why (the
+``fogline.tier``/``node``/``route``/``attempts`` of its answer), with a ``fogline.escalate`` span
+around a cascade's call to the cloud; the dispatchers' attempts are their children.
 """
 
 from __future__ import annotations
@@ -18,15 +22,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
 from fogline.core.escalation.catalog import Catalog, CatalogEntry
 from fogline.core.escalation.policy import CascadeVerdict, DeviceState, EscalationPolicy, resolve_cascade
 from fogline.core.lifecycle.traffic import Choice, VersionTraffic
+from fogline.core.observe.spans import PROCESS_SPANS, Spans, succeeded
 from fogline.core.parameters import (
     ROUTE_CASCADE_HARD,
     ROUTE_DEGRADED,
@@ -36,7 +41,7 @@ from fogline.core.parameters import (
     TIER_CLOUD,
     TIER_DEVICE,
 )
-from fogline.core.routing.dispatch import Dispatched, Dispatcher, Upstream
+from fogline.core.routing.dispatch import ROUTE_SPAN, Dispatched, Dispatcher, Upstream
 from fogline.errors import (
     PEER_FAILURE_CODES,
     ErrorCode,
@@ -59,6 +64,8 @@ request is retried on the stable version."""
 
 R = TypeVar("R")
 R_contra = TypeVar("R_contra", contravariant=True)
+
+ESCALATE_SPAN = "fogline.escalate"
 
 
 class Messages(Protocol[R_contra]):
@@ -116,7 +123,8 @@ class EdgeRouter(Generic[R]):
     def __init__(self, devices: Dispatcher[R], cloud: Dispatcher[R], messages: Messages[R], *,
                  catalog: Catalog | None = None, policy: EscalationPolicy | None = None,
                  settings: EdgeRoutingSettings = EdgeRoutingSettings(),
-                 clock: Callable[[], float] = time.monotonic, traffic: VersionTraffic | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, traffic: VersionTraffic | None = None,
+                 spans: Spans = PROCESS_SPANS) -> None:
         self.devices = devices
         self.cloud = cloud
         self.messages = messages
@@ -127,6 +135,7 @@ class EdgeRouter(Generic[R]):
         self.traffic = traffic
         """The rollouts' version plans in force in this region (None: no model lifecycle)."""
         self._mirrors: set[asyncio.Task[None]] = set()
+        self._spans = spans
 
     def entry(self, name: str) -> CatalogEntry:
         """The catalog entry of ``name``; ModelNotFoundError naming what is served if there is none."""
@@ -157,10 +166,26 @@ class EdgeRouter(Generic[R]):
             found += [(model, upstream) for upstream in self._tier(tier).holders(model)]
         return found
 
-    async def infer(self, model: str, request: bytes, *, hint: str = TIER_AUTO, session: str | None = None,
-                    deadline: float | None = None, version: str = "") -> Routed[R]:
+    def infer(self, model: str, request: bytes, *, hint: str = TIER_AUTO, session: str | None = None,
+              deadline: float | None = None, version: str = "") -> Coroutine[Any, Any, Routed[R]]:
         """Run ``request`` for ``model`` where the policy decides, and say where it ran and why. A
         ``version`` runs on a device holding it; without one, a rollout's plan picks the version."""
+        # NOTE: a plain method returning the coroutine that routes: no coroutine of its own on the hot path.
+        if self._spans.enabled:
+            return self._traced_infer(model, request, hint, session, deadline, version)
+        return self._route(model, request, hint, session, deadline, version)
+
+    async def _traced_infer(self, model: str, request: bytes, hint: str, session: str | None,
+                            deadline: float | None, version: str) -> Routed[R]:
+        """:meth:`_route` in a ``fogline.route`` span with the answer's tier, node, route and attempts."""
+        with self._spans.span(ROUTE_SPAN, {"fogline.model": model, "fogline.hint": hint}) as span:
+            routed = await self._route(model, request, hint, session, deadline, version)
+            succeeded(span, {"fogline.tier": routed.tier, "fogline.node": routed.node, "fogline.route": routed.route,
+                             "fogline.attempts": routed.attempts, "fogline.ran": routed.model})
+            return routed
+
+    async def _route(self, model: str, request: bytes, hint: str, session: str | None, deadline: float | None,
+                     version: str) -> Routed[R]:
         entry = self.entry(model)
         decision = self.policy.decide(entry, hint=hint, device_state=self._device_state(entry),
                                       cloud_reachable=self.cloud.reachable)
@@ -259,13 +284,22 @@ class EdgeRouter(Generic[R]):
             return _on_device(done, model, verdict.route)
         ours = self._clock() + self.settings.escalation_timeout_s
         try:
-            return await self._in_cloud(entry, request, ROUTE_CASCADE_HARD,
-                                        ours if deadline is None else min(deadline, ours), done.attempts)
+            return await self._escalate(entry, request, ours if deadline is None else min(deadline, ours),
+                                        done.attempts)
         except FoglineError as err:
             if err.code not in PEER_FAILURE_CODES:
                 raise
             log.debug("cascade %r answered on the device: %s", entry.name, err)
             return _on_device(done, model, ROUTE_DEGRADED)
+
+    async def _escalate(self, entry: CatalogEntry, request: bytes, deadline: float, earlier_attempts: int) -> Routed[R]:
+        """A cascade's hard input, to the cloud (in a ``fogline.escalate`` span when tracing is on)."""
+        if not self._spans.enabled:
+            return await self._in_cloud(entry, request, ROUTE_CASCADE_HARD, deadline, earlier_attempts)
+        with self._spans.span(ESCALATE_SPAN, {"fogline.model": entry.model_on(TIER_CLOUD)}) as span:
+            routed = await self._in_cloud(entry, request, ROUTE_CASCADE_HARD, deadline, earlier_attempts)
+            succeeded(span, {"fogline.node": routed.node})
+            return routed
 
     def _judge(self, entry: CatalogEntry, response: R, model: str) -> CascadeVerdict:
         """What becomes of a cascade's device answer (:func:`resolve_cascade`)."""

@@ -7,17 +7,21 @@ the dispatcher's retry budget (``fogline.errors.RETRYABLE_CODES``; one attempt i
 :func:`fogline.core.routing.attempt.attempt`). Every endpoint has a circuit breaker
 (``Endpoint.breaker``) that sees each attempt's outcome; the pool's ejection limits decide which
 endpoints a request may go to (DESIGN.md §5).
+
+Each attempt is a CLIENT span (``fogline.attempt``: the endpoint, the attempt's number, its outcome)
+when tracing is on; the cloud master's regional dispatch adds a ``fogline.route`` span around them.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
 
+from fogline.core.observe.spans import CLIENT, PROCESS_SPANS, Attributes, Spans, succeeded
 from fogline.core.routing.attempt import RetryElsewhere, attempt
 from fogline.core.routing.breaker import CircuitBreaker, Permit
 from fogline.core.routing.pool import Endpoint, EndpointPool, power_of_two_choices
@@ -36,6 +40,9 @@ from fogline.errors import (
 Req = TypeVar("Req", contravariant=True)
 Resp = TypeVar("Resp", covariant=True)
 R = TypeVar("R")
+
+ATTEMPT_SPAN = "fogline.attempt"
+ROUTE_SPAN = "fogline.route"
 
 
 class Upstream(Protocol[Req, Resp]):
@@ -82,7 +89,8 @@ class Dispatcher(Generic[R]):
     def __init__(self, pool: EndpointPool[Upstream[bytes, R]], scope: str,
                  settings: DispatchSettings = DispatchSettings(), *, rng: random.Random | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 on_attempt: Callable[[str, str], None] | None = None, budget: RetryBudget | None = None) -> None:
+                 on_attempt: Callable[[str, str], None] | None = None, budget: RetryBudget | None = None,
+                 spans: Spans = PROCESS_SPANS) -> None:
         self.pool = pool
         self.scope = scope
         self.settings = settings
@@ -90,6 +98,7 @@ class Dispatcher(Generic[R]):
         self._clock = clock
         self._on_attempt = on_attempt
         self.budget = budget or RetryBudget(settings.retry_budget, clock=clock)
+        self._spans = spans
 
     def choose(self, model: str, session: str | None, tried: set[str],
                version: str = "") -> tuple[Endpoint[Upstream[bytes, R]], Permit] | None:
@@ -188,7 +197,11 @@ class Dispatcher(Generic[R]):
             endpoint, permit = chosen
             remaining = self._admit(endpoint.breaker, permit, model, attempt_no, deadline, last)
             try:
-                return Dispatched(await self._attempt(endpoint, permit, request, remaining), endpoint.id, attempt_no)
+                if self._spans.enabled:
+                    response = await self._traced_attempt(endpoint, permit, request, remaining, model, attempt_no)
+                else:
+                    response = await self._attempt(endpoint, permit, request, remaining)
+                return Dispatched(response, endpoint.id, attempt_no)
             except RetryElsewhere as retry:
                 self._check_deadline(retry.error, model, attempt_no, deadline)
                 tried.add(endpoint.id)
@@ -220,6 +233,16 @@ class Dispatcher(Generic[R]):
             raise err from None
         raise DeadlineExceededError(f"deadline passed after {attempt_no} attempts for {model!r}; "
                                     f"last: {err}") from None
+
+    async def _traced_attempt(self, endpoint: Endpoint[Upstream[bytes, R]], permit: Permit, request: bytes,
+                              remaining: float, model: str, attempt_no: int) -> R:
+        """:meth:`_attempt` in a CLIENT span: the upstream sends the span's context with the request."""
+        attributes: Attributes = {"fogline.endpoint": endpoint.id, "fogline.attempt": attempt_no,
+                                  "fogline.model": model, "fogline.scope": self.scope}
+        with self._spans.span(ATTEMPT_SPAN, attributes, kind=CLIENT) as span:
+            response = await self._attempt(endpoint, permit, request, remaining)
+            succeeded(span)
+            return response
 
     async def _attempt(self, endpoint: Endpoint[Upstream[bytes, R]], permit: Permit, request: bytes,
                        remaining: float) -> R:
@@ -257,19 +280,20 @@ class RegionalDispatch(Generic[R]):
 
     def __init__(self, pool: EndpointPool[Upstream[bytes, R]], settings: DispatchSettings = DispatchSettings(),
                  *, rng: random.Random | None = None, clock: Callable[[], float] = time.monotonic,
-                 on_attempt: Callable[[str, str], None] | None = None) -> None:
+                 on_attempt: Callable[[str, str], None] | None = None, spans: Spans = PROCESS_SPANS) -> None:
         self.pool = pool
         self._settings = settings
         self._rng = rng or random.Random()
         self._clock = clock
         self._on_attempt = on_attempt
+        self._spans = spans
         self._budget = RetryBudget(settings.retry_budget, clock=clock)  # one budget for every region's traffic
         self.any: Dispatcher[R] = self._dispatcher(pool, "any region")
         self.regions: dict[str, Dispatcher[R]] = {}
 
     def _dispatcher(self, pool: EndpointPool[Upstream[bytes, R]], scope: str) -> Dispatcher[R]:
         return Dispatcher(pool, scope, self._settings, rng=self._rng, clock=self._clock,
-                          on_attempt=self._on_attempt, budget=self._budget)
+                          on_attempt=self._on_attempt, budget=self._budget, spans=self._spans)
 
     def sync(self) -> None:
         """Follow the pool's membership; call after each ``pool.sync``."""
@@ -299,12 +323,29 @@ class RegionalDispatch(Generic[R]):
                                      f"available: {echo_names(self.pool.models())}")
         return holders
 
-    async def infer(self, model: str, request: bytes, *, region: str | None = None, session: str | None = None,
-                    deadline: float | None = None) -> tuple[Dispatched[R], str]:
+    def infer(self, model: str, request: bytes, *, region: str | None = None, session: str | None = None,
+              deadline: float | None = None) -> Coroutine[Any, Any, tuple[Dispatched[R], str]]:
         """Dispatch in ``region`` (any region when empty): the answer, and the region that served it."""
+        # NOTE: a plain method returning the coroutine that dispatches: no coroutine of its own on the hot path.
+        if self._spans.enabled:
+            return self._traced_infer(model, request, region, session, deadline)
+        return self._infer(model, request, region, session, deadline)
+
+    async def _infer(self, model: str, request: bytes, region: str | None, session: str | None,
+                     deadline: float | None) -> tuple[Dispatched[R], str]:
         done = await self.dispatcher(region).infer(model, request, session=session, deadline=deadline)
         endpoint = self.pool.endpoints.get(done.endpoint)
         return done, endpoint.state.member.region if endpoint is not None else region or ""
+
+    async def _traced_infer(self, model: str, request: bytes, region: str | None, session: str | None,
+                            deadline: float | None) -> tuple[Dispatched[R], str]:
+        """:meth:`_infer` in a ``fogline.route`` span: the region asked for and the one that served, the
+        edge master (``fogline.node``) and the attempts."""
+        with self._spans.span(ROUTE_SPAN, {"fogline.model": model, "fogline.region.requested": region or ""}) as span:
+            done, served_in = await self._infer(model, request, region, session, deadline)
+            succeeded(span, {"fogline.region": served_in, "fogline.node": done.endpoint,
+                             "fogline.attempts": done.attempts})
+            return done, served_in
 
 
 def takes_calls(endpoint: Endpoint[Any]) -> bool:

@@ -8,6 +8,11 @@ runs at once; under load requests pile up while a batch runs and go together in 
 
 Time comes from the injected ``clock`` (seconds, monotonic) and the queue delay is waited out with
 the injected ``sleep``, so a test drives both with a fake clock and never sleeps for real.
+
+With tracing on (``spans``), each request records, under the context it was queued in, a
+``fogline.queue`` span (from its arrival to the start of its batch) and a ``fogline.batch`` span (the
+batch's run, with its size in requests and rows): a batch serves many traces, and each trace gets
+the time its request waited and ran.
 """
 
 from __future__ import annotations
@@ -21,10 +26,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fogline.core.observe.spans import PROCESS_SPANS, Attributes, Spans
 from fogline.errors import DeadlineExceededError, FoglineError, InternalError, OverloadedError
 
 Tensors = dict[str, np.ndarray]
 RunFn = Callable[[Tensors], Tensors]
+QUEUE_SPAN = "fogline.queue"
+BATCH_SPAN = "fogline.batch"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,16 +53,18 @@ class BatchingSettings:
 
 
 class _Pending:
-    __slots__ = ("deadline", "enqueued", "future", "inputs", "key", "rows")
+    __slots__ = ("deadline", "enqueued", "future", "inputs", "key", "rows", "trace")
 
     def __init__(self, inputs: Tensors, rows: int, key: object, future: asyncio.Future[Tensors],
-                 deadline: float | None, enqueued: float) -> None:
+                 deadline: float | None, enqueued: float, trace: tuple[object, int] | None = None) -> None:
         self.inputs = inputs
         self.rows = rows
         self.key = key
         self.future = future
         self.deadline = deadline
         self.enqueued = enqueued
+        self.trace = trace
+        """With tracing on and the request traced: its context and its arrival (span clock, ns)."""
 
 
 @dataclass
@@ -75,7 +85,7 @@ class DynamicBatcher:
     def __init__(self, name: str, run: RunFn, settings: BatchingSettings, *,
                  executor: Executor | None = None, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 on_batch: Callable[[int, int, float], None] | None = None) -> None:
+                 on_batch: Callable[[int, int, float], None] | None = None, spans: Spans = PROCESS_SPANS) -> None:
         self.name = name
         self.settings = settings
         self.stats = BatchStats()
@@ -84,6 +94,7 @@ class DynamicBatcher:
         self._clock = clock
         self._sleep = sleep
         self._on_batch = on_batch
+        self._spans = spans
         self._queue: collections.deque[_Pending] = collections.deque()
         self._running = 0
         self._running_requests = 0
@@ -118,7 +129,10 @@ class DynamicBatcher:
         else:
             key, rows = object(), 1  # a key equal to nothing else: never combined
         future: asyncio.Future[Tensors] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(inputs, rows, key, future, deadline, self._clock()))
+        spans = self._spans
+        parent = spans.current() if spans.enabled else None
+        trace = None if parent is None else (parent, spans.now_ns())
+        self._queue.append(_Pending(inputs, rows, key, future, deadline, self._clock(), trace))
         self._dispatch()
         return await future
 
@@ -157,8 +171,10 @@ class DynamicBatcher:
                 continue
             if item.deadline is not None and now >= item.deadline:
                 self.stats.expired += 1
-                item.future.set_exception(DeadlineExceededError(
-                    f"deadline passed while queued for model {self.name!r}"))
+                err = DeadlineExceededError(f"deadline passed while queued for model {self.name!r}")
+                item.future.set_exception(err)
+                if item.trace is not None:
+                    self._trace_expired(item, err)
                 continue
             if batch and (item.key != batch[0].key or rows + item.rows > limit):
                 rest.append(item)
@@ -186,24 +202,54 @@ class DynamicBatcher:
 
     async def _run_batch(self, batch: list[_Pending]) -> None:
         loop = asyncio.get_running_loop()
+        started_ns = self._spans.now_ns() if self._spans.enabled else 0
+        error: Exception | None = None
         try:
             results, elapsed_s = await loop.run_in_executor(self._executor, self._run_timed, batch)
         except Exception as exc:
+            error = exc
             self._fail(batch, exc)
         else:
             self._deliver(batch, results, elapsed_s)
         finally:
             self._running -= 1
             self._running_requests -= len(batch)
+            if started_ns:
+                self._trace(batch, started_ns, error)
             self._dispatch()
 
     def _run_inline(self, batch: list[_Pending]) -> None:
+        started_ns = self._spans.now_ns() if self._spans.enabled else 0
+        error: Exception | None = None
         try:
             results, elapsed_s = self._run_timed(batch)
         except Exception as exc:
+            error = exc
             self._fail(batch, exc)
         else:
             self._deliver(batch, results, elapsed_s)
+        if started_ns:
+            self._trace(batch, started_ns, error)
+
+    def _trace(self, batch: list[_Pending], started_ns: int, error: Exception | None) -> None:
+        """Record each traced request's wait in the queue and the batch's run, under its own context."""
+        spans, ended_ns = self._spans, self._spans.now_ns()
+        model: Attributes = {"fogline.model": self.name}
+        attributes: Attributes = {**model, "fogline.batch.size": len(batch),
+                                  "fogline.batch.rows": sum(i.rows for i in batch)}
+        failure = None if error is None else _failure(error, self.name)
+        for item in batch:
+            if item.trace is None:
+                continue
+            parent, enqueued_ns = item.trace
+            spans.record(QUEUE_SPAN, parent, enqueued_ns, started_ns, model)
+            spans.record(BATCH_SPAN, parent, started_ns, ended_ns, attributes, error=failure)
+
+    def _trace_expired(self, item: _Pending, err: FoglineError) -> None:
+        assert item.trace is not None
+        parent, enqueued_ns = item.trace
+        self._spans.record(QUEUE_SPAN, parent, enqueued_ns, self._spans.now_ns(), {"fogline.model": self.name},
+                           error=(err.code.value, err.message))
 
     def _deliver(self, batch: list[_Pending], results: list[Tensors], elapsed_s: float) -> None:
         self._record(batch, elapsed_s)
@@ -213,8 +259,7 @@ class DynamicBatcher:
 
     def _fail(self, batch: list[_Pending], exc: Exception) -> None:
         self._record(batch, self._batch_time_s)
-        err = exc if isinstance(exc, FoglineError) else InternalError(
-            f"model {self.name!r} failed to run: {type(exc).__name__}: {exc}")
+        err = _as_error(exc, self.name)
         for item in batch:
             if not item.future.done():
                 item.future.set_exception(err)
@@ -261,3 +306,15 @@ class DynamicBatcher:
             results.append({n: v[start:end] for n, v in outputs.items()})
             start = end
         return results
+
+
+def _as_error(exc: Exception, model: str) -> FoglineError:
+    """What a batch's requests fail with when running it raised ``exc``."""
+    return exc if isinstance(exc, FoglineError) else InternalError(
+        f"model {model!r} failed to run: {type(exc).__name__}: {exc}")
+
+
+def _failure(exc: Exception, model: str) -> tuple[str, str]:
+    """(code, message) of a failed batch, for its spans."""
+    err = _as_error(exc, model)
+    return err.code.value, err.message
