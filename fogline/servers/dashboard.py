@@ -124,6 +124,7 @@ class Dashboard:
         self.events = EventLog(clock=clock)
         self._deltas = Deltas()
         self._sources: set[tuple[str, str]] = set()
+        self._baseline: set[tuple[str, str]] = set()
         self._members = MembershipWatch(self.events, ghost_s=settings.ghost_s)
         self._circuits = ChangeWatch(self.events, BREAKER, _circuit_event)
         self._reachable = ChangeWatch(self.events, HEALTH, _reach_event)
@@ -164,7 +165,9 @@ class Dashboard:
         readings = await asyncio.gather(*(self._scrape(p) for p in view.scraped))
         regions = await asyncio.gather(*(self._region(p) for p in view.regions))
         now = self._clock()
-        slot_t = self._last_tick if self._last_tick is not None else now
+        if self._last_tick is None:  # the first tick: what those read now have done is the past, not traffic
+            self._baseline = {(p.id, p.tier) for p, r in zip(view.scraped, readings, strict=True) if r is not None}
+        slot_t = self._last_tick if self._last_tick is not None else now - self.history.step_s
         self._last_tick = now
         self._add_reading(slot_t, (self.id, self.scope), self.scope, read_registry(self._metrics.registry))
         started: dict[str, float | None] = {}
@@ -201,9 +204,8 @@ class Dashboard:
 
     def _add_reading(self, t: float, source: tuple[str, str], tier: str, reading: Reading) -> None:
         # NOTE: a series new to us is all recent traffic when its source was read before, is this process, or
-        # started after this dashboard did (a device that joined); otherwise its past is not this second's.
-        new = (source in self._sources or source == (self.id, self.scope)
-               or (reading.started_s is not None and reading.started_s >= self._started))
+        # was not read at the first tick (a member that joined since); otherwise its past is not this second's.
+        new = source in self._sources or source == (self.id, self.scope) or source not in self._baseline
         self._sources.add(source)
         for model, totals in reading.traffic.items():
             delta = self._deltas.delta((source, TRAFFIC, model), totals, new=new)

@@ -50,6 +50,9 @@ async def fleet(sample_models: Path) -> AsyncIterator[Fleet]:
                 master=edge.endpoints["control"], max_message_bytes=MAX_MESSAGE_BYTES))
             await device.start()
             await until(lambda r=region: r in cloud.routing.regions and "mlp" in cloud.routing.regions[r].pool.models())
+            # NOTE: a dashboard counts a process's traffic from its first reading of it on: wait for that.
+            await until(lambda e=edge, r=region: _shows_healthy(e.endpoints["http"], f"dev-{r}"),
+                        what=f"dev-{region} on its edge's dashboard")
         yield fleet
     finally:
         for region in fleet.edges:
@@ -79,6 +82,8 @@ async def test_the_cloud_dashboard_shows_every_process_healthy_and_the_traffic_o
             await via_cloud.infer("mlp", MLP_INPUT)
             await eu.infer("mlp", MLP_INPUT)
 
+    last: dict[str, Any] = {}
+
     async def shown() -> dict[str, Any] | None:
         status, doc = await dashboard(fleet.cloud.endpoints["http"])
         assert status == 200
@@ -88,9 +93,13 @@ async def test_the_cloud_dashboard_shows_every_process_healthy_and_the_traffic_o
         # every request counted once where it ran: 10 through the cloud, 20 on the edges and devices
         counted = {tier: round(served(doc, tier, "mlp") * FAST.sample_s) for tier in ("cloud", "edge", "device")}
         traffic = counted == {"cloud": 10, "edge": 20, "device": 20}
+        last.update(counted=counted, health={i: n["health"] for i, n in nodes.items()})
         return doc if healthy and traffic else None
 
-    doc = await until(shown, timeout_s=15, what="every process healthy and traffic on every tier")
+    try:
+        doc = await until(shown, timeout_s=15, what="every process healthy and traffic on every tier")
+    except AssertionError as err:
+        raise AssertionError(f"{err}; last seen: {last}") from None
     nodes = by_id(doc)
     assert doc["scope"] == "cloud" and doc["region"] is None
     assert nodes["dev-eu"]["parent"] == "edge-eu" and nodes["edge-eu"]["parent"] == "eu"
@@ -115,7 +124,8 @@ async def test_an_edge_dashboard_shows_only_its_region(fleet: Fleet) -> None:
 
 
 async def test_a_device_that_leaves_turns_down_on_the_cloud_page_with_its_leave_event(fleet: Fleet) -> None:
-    await until(lambda: _healthy(fleet, "dev-us"), timeout_s=10, what="dev-us healthy on the page")
+    await until(lambda: _shows_healthy(fleet.cloud.endpoints["http"], "dev-us"), timeout_s=10,
+                what="dev-us healthy on the page")
     await fleet.devices.pop("us").drain()
 
     async def down() -> dict[str, Any] | None:
@@ -129,8 +139,8 @@ async def test_a_device_that_leaves_turns_down_on_the_cloud_page_with_its_leave_
     assert by_id(doc)["edge-us"]["health"] == "unhealthy"  # no device left: its edge is not ready
 
 
-async def _healthy(fleet: Fleet, node_id: str) -> bool:
-    _, doc = await dashboard(fleet.cloud.endpoints["http"])
+async def _shows_healthy(http: str, node_id: str) -> bool:
+    _, doc = await dashboard(http)
     return by_id(doc).get(node_id, {}).get("health") == "healthy"
 
 

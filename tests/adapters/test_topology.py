@@ -80,7 +80,7 @@ async def test_the_edge_serves_a_catalog_name_on_the_worker_it_learned_of(stack:
     assert "tiny" in body["models"]
     async with aiohttp.ClientSession() as http, http.get(f"http://{stack.edge.endpoints['http']}/metrics") as r:
         metrics = await r.text()
-    assert 'fogline_routes_total{route="placement",tier="cloud"} 1.0' in metrics
+    assert 'fogline_routes_total{model="tiny",route="placement",tier="cloud"} 1.0' in metrics
     assert "fogline_uplink_up 1.0" in metrics and "fogline_topology_connected 1.0" in metrics
 
 

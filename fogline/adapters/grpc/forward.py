@@ -75,14 +75,15 @@ class RouteTags:
 
     def __init__(self, metrics: Metrics | None = None) -> None:
         self._metrics = metrics
-        self._tags: dict[tuple[str, str, str, int], tuple[bytes, Counter | None]] = {}
+        self._tags: dict[tuple[str, str, str, int, str], tuple[bytes, Counter | None]] = {}
 
-    def tag(self, routed: Routed[bytes]) -> bytes:
-        """The parameters saying where ``routed`` ran and why; counts its route."""
-        key = (routed.tier, routed.node, routed.route, routed.attempts)
+    def tag(self, routed: Routed[bytes], model: str) -> bytes:
+        """The parameters saying where ``routed`` ran and why; counts its route for ``model`` (the name
+        asked for: a cascade's own)."""
+        key = (routed.tier, routed.node, routed.route, routed.attempts, model)
         found = self._tags.get(key)
         if found is None:
-            found = self._encode(routed)
+            found = self._encode(routed, model)
             if len(self._tags) < MAX_CACHED_TAGS:
                 self._tags[key] = found
         encoded, counter = found
@@ -90,12 +91,12 @@ class RouteTags:
             counter.inc()
         return encoded
 
-    def _encode(self, routed: Routed[bytes]) -> tuple[bytes, Counter | None]:
+    def _encode(self, routed: Routed[bytes], model: str) -> tuple[bytes, Counter | None]:
         values: dict[str, bool | int | str] = {PARAM_TIER: routed.tier, PARAM_NODE: routed.node,
                                                PARAM_ROUTE: routed.route, PARAM_ATTEMPTS: routed.attempts}
         if routed.degraded:
             values[PARAM_DEGRADED] = True
-        counter = self._metrics.route_counter(routed.tier, routed.route) if self._metrics is not None else None
+        counter = self._metrics.route_counter(routed.tier, routed.route, model) if self._metrics is not None else None
         return encode_parameters(values), counter
 
 
@@ -124,7 +125,8 @@ class EdgeBackend(V2Backend):
                                          deadline=deadline, version=request.model_version)
         # A catalog name is answered as the model the caller asked for.
         renamed = request.model_name if routed.model != request.model_name else None
-        return wire.with_id(routed.response, request.id, model_name=renamed, parameters=self._tags.tag(routed))
+        tags = self._tags.tag(routed, request.model_name)
+        return wire.with_id(routed.response, request.id, model_name=renamed, parameters=tags)
 
     def _holders(self, name: str) -> Holders:
         return cast(Holders, self.router.holders(name))  # the edge master's upstreams are GrpcUpstreams
