@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="forward to devices over one multiplexed stream each (default) or a call per request")
     edge.add_argument("--cloud", help="cloud master control address host:port (omit to run without one)")
     security_flags.add_master_flags(edge)
+    _dashboard_flag(edge)
     edge.add_argument("--cache-dir", type=Path,
                       help="artefact cache for the region's devices (default: a temporary directory)")
     edge.add_argument("--cache-mb", type=int, default=2048, help="artefact cache size limit, MiB (default 2048)")
@@ -128,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "reads on /v1/models (default: no registry)")
     cloud.add_argument("--max-model-mb", type=int, default=512, help="largest model push accepted, MiB (default 512)")
     security_flags.add_master_flags(cloud)
+    _dashboard_flag(cloud)
 
     up = sub.add_parser("up", help="start a whole local stack with sample models")
     up.add_argument("--workdir", type=Path, default=DEFAULT_HOME,
@@ -141,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--insecure", action="store_true",
                     help="run every process in plaintext, without certificates (default: a CA of its own under "
                          "<workdir>/tls and mTLS on every hop)")
+    up.add_argument("--scrape-interval-s", type=float, default=5.0,
+                    help="Prometheus scrape interval written to <workdir>/prometheus.yml, seconds (default 5)")
 
     infer = sub.add_parser("infer", help="send one request and print the result and where it ran")
     infer.add_argument("--url", help="V2 endpoint host:port (default: the edge of the running `fogline up`)")
@@ -238,6 +242,18 @@ def _worker(args: argparse.Namespace) -> int:
     return _run_checked(GpuWorker(settings), settings, args)
 
 
+def _dashboard_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dashboard-sample-s", type=float, default=1.0,
+                        help="the dashboard (/ui/) samples this master's part of the fleet this often; 0 turns "
+                             "sampling off (default 1.0)")
+
+
+def _dashboard(args: argparse.Namespace) -> Any:
+    from fogline.servers.dashboard import DashboardSettings
+
+    return DashboardSettings(sample_s=args.dashboard_sample_s)
+
+
 def _edge(args: argparse.Namespace) -> int:
     from edge_master import EdgeMaster, EdgeSettings
     from fogline.core.escalation.router import EdgeRoutingSettings
@@ -253,7 +269,8 @@ def _edge(args: argparse.Namespace) -> int:
                                     escalation_timeout_s=args.escalation_timeout_s),
         dispatch=DispatchSettings(attempt_timeout_s=args.attempt_timeout_s),
         breaker=BreakerSettings(slow_call_s=args.slow_call_s, probe_timeout_s=max(args.slow_call_s, 0.05)),
-        consul=_consul(args), **security_flags.process_settings(args), **security_flags.master_settings(args),
+        consul=_consul(args), dashboard=_dashboard(args), **security_flags.process_settings(args),
+        **security_flags.master_settings(args),
     )
     if args.id:
         settings.edge_id = args.id
@@ -269,7 +286,7 @@ def _cloud(args: argparse.Namespace) -> int:
         member_ttl_s=args.member_ttl_s, drain_grace_s=args.drain_grace_s, catalog=args.catalog,
         topology_refresh_s=args.topology_refresh_s, consul=_consul(args), **security_flags.process_settings(args),
         **security_flags.master_settings(args),
-        model_store=args.model_store, max_model_bytes=args.max_model_mb * MiB,
+        model_store=args.model_store, max_model_bytes=args.max_model_mb * MiB, dashboard=_dashboard(args),
     )
     if args.id:
         settings.cloud_id = args.id
@@ -292,7 +309,8 @@ def _up(args: argparse.Namespace) -> int:
 
     return LocalStack(args.workdir, edge_port=args.edge_port, edge_http_port=args.edge_http_port,
                       cloud_port=args.cloud_port, cloud_http_port=args.cloud_http_port, regions=args.regions,
-                      devices=args.devices, secure=not args.insecure).run()
+                      devices=args.devices, secure=not args.insecure,
+                      scrape_interval_s=args.scrape_interval_s).run()
 
 
 def _samples(args: argparse.Namespace) -> int:
