@@ -127,7 +127,8 @@ class Dashboard:
         self._baseline: set[tuple[str, str]] = set()
         self._members = MembershipWatch(self.events, ghost_s=settings.ghost_s)
         self._circuits = ChangeWatch(self.events, BREAKER, _circuit_event)
-        self._reachable = ChangeWatch(self.events, HEALTH, _reach_event)
+        self._reachable = ChangeWatch(self.events, HEALTH, self._reach_event)
+        self._ever_healthy: set[str] = set()
         self._rollout_seen: dict[str, int] = {}
         self._nodes: list[dict[str, Any]] = []
         self._last_node: dict[str, dict[str, Any]] = {}
@@ -256,6 +257,7 @@ class Dashboard:
         self._members.observe(now, present)
         self._circuits.observe({n["id"]: n["circuit"] for n in own if n["circuit"] is not None})
         self._reachable.observe({n["id"]: n["health"] for n in own if n["id"] in health})
+        self._ever_healthy |= {n["id"] for n in own if n["health"] == HEALTHY}
         for n in own:
             self._last_node[n["id"]] = n
         ghosts = [{**self._last_node[mid], "health": DOWN, "circuit": None,
@@ -276,6 +278,14 @@ class Dashboard:
                     self.events.add(GATE if entry.get("event") == "rolled_back" else ROLLOUT,
                                     str(r.get("model")), _rollout_text(r, entry))
             self._rollout_seen[key] = len(history)
+
+    def _reach_event(self, key: Hashable, before: Any, after: Any) -> tuple[str, str] | None:
+        """A member that stopped answering, or answers again (not one coming up for the first time)."""
+        if after == UNHEALTHY:
+            return str(key), f"{key} stopped answering"
+        if after == HEALTHY and before == UNHEALTHY and key in self._ever_healthy:
+            return str(key), f"{key} answers again"
+        return None
 
     # --- the documents ----------------------------------------------------------------------------
 
@@ -367,9 +377,3 @@ def _circuit_event(key: Hashable, before: Any, after: Any) -> tuple[str, str] | 
     return str(key), f"circuit of {key}: {before} -> {after}"
 
 
-def _reach_event(key: Hashable, before: Any, after: Any) -> tuple[str, str] | None:
-    if after == UNHEALTHY:
-        return str(key), f"{key} stopped answering"
-    if after == HEALTHY and before == UNHEALTHY:
-        return str(key), f"{key} answers again"
-    return None
