@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 EXTRAS ?= cpu,cloud,dev
 
-.PHONY: install system-deps up test lint bench bench-cascade bench-chaos bench-tls bench-rollout protos
+.PHONY: install system-deps up test lint bench bench-cascade bench-chaos bench-tls bench-rollout bench-tracing protos
 
 install: $(VENV)/.installed
 
@@ -39,6 +39,10 @@ bench: install
 	$(PY) -m bench.chaos
 	$(PY) -m bench.tls
 	$(PY) -m bench.rollout
+	$(PY) -m bench.tracing
+
+bench-tracing: install
+	$(PY) -m bench.tracing
 
 bench-rollout: install
 	$(PY) -m bench.rollout

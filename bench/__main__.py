@@ -17,11 +17,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
 
-from bench.report import keep_sections, machine_facts, render, report_command
+from bench.report import PERF_DOC, keep_sections, machine_facts, render, report_command
 from bench.servers import Servers
 from bench.suite import Settings, progress, run_suite
 
-DEFAULT_OUT = Path(__file__).resolve().parent.parent / "docs" / "perf.md"
+DEFAULT_OUT = PERF_DOC
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,14 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.report import machine_facts, report_command, table, write_section
+from bench.report import PERF_DOC, machine_facts, report_command, table, write_section
 from bench.servers import Servers, get_json
 from bench.suite import progress
 from fogline.core.escalation.calibration import threshold_for_rate
 from fogline.local import digits
 from fogline.sdk.client import Client
 
-DEFAULT_OUT = Path(__file__).resolve().parent.parent / "docs" / "perf.md"
+DEFAULT_OUT = PERF_DOC
 SHARES = (0.05, 0.1, 0.2, 0.3, 0.4)  # of the validation split, each a cascade entry in the catalog
 GOAL_DROP, GOAL_SHARE = 0.005, 0.30
 

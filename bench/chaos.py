@@ -27,14 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.report import report_command, table, write_section
+from bench.report import PERF_DOC, report_command, table, write_section
 from bench.servers import Server, Servers, get_json
 from bench.suite import progress
 from fogline.local import digits
 from fogline.local.samples import build_sample_repository
 from fogline.sdk.client import Client, InferResult
 
-DEFAULT_OUT = Path(__file__).resolve().parent.parent / "docs" / "perf.md"
+DEFAULT_OUT = PERF_DOC
 EDGE_ARGS = ("--attempt-timeout-s", "0.3", "--member-ttl-s", "30")
 TIMEOUT_S = 3.0
 

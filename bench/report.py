@@ -15,6 +15,9 @@ from pathlib import Path
 from bench.results import ALL_CORES, DEVICE, DEVICE_NO_BATCHING, ECHO, EDGE, ORT, Case, Results, Summary
 from bench.suite import BATCHING_CONCURRENCIES, BATCHING_MODEL, CONCURRENCIES, MODELS, Settings
 
+PERF_DOC = Path(__file__).resolve().parent.parent / "docs" / "perf.md"
+"""The report every benchmark writes its section of."""
+
 EDGE_P50_TARGET_MS = 1.0
 DEVICE_VS_ECHO_TARGET = 0.85
 EDGE_VS_ORT_TARGET = 0.70
@@ -431,7 +434,11 @@ def write_section(path: Path, name: str, body: str) -> None:
     path.write_text(document)
 
 
-def keep_sections(old_document: str, new_document: str, names: Sequence[str] = ("cascade", "chaos", "tls")) -> str:
+OTHER_SECTIONS = ("cascade", "chaos", "tls", "rollout", "tracing")
+"""The sections of the benchmarks that ``python -m bench`` does not run: kept when it rewrites the report."""
+
+
+def keep_sections(old_document: str, new_document: str, names: Sequence[str] = OTHER_SECTIONS) -> str:
     """``new_document`` with the marked sections of ``old_document`` (other benchmarks' results) kept."""
     for name in names:
         section = section_of(old_document, name)

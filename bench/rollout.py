@@ -36,12 +36,12 @@ from typing import Any
 import grpc
 import numpy as np
 
-from bench.report import machine_facts, report_command, table, write_section
+from bench.report import PERF_DOC, machine_facts, report_command, table, write_section
 from fogline._proto import inference_pb2 as pb
 from fogline.local.samples import build_cnn
 from fogline.sdk.client import TLS, Client
 
-DEFAULT_OUT = Path(__file__).resolve().parent.parent / "docs" / "perf.md"
+DEFAULT_OUT = PERF_DOC
 CONCURRENCY = 32
 STEADY_S = 6.0
 LOAD = "/inference.GRPCInferenceService/RepositoryModelLoad"

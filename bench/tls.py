@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 
 from bench.load import Request, Target, Window, run_load
-from bench.report import machine_facts, report_command, table, write_section
+from bench.report import PERF_DOC, machine_facts, report_command, table, write_section
 from bench.results import Measurement
 from bench.servers import Server, Servers
 from bench.suite import progress
@@ -30,7 +30,7 @@ from fogline.core.security.identity import Identity
 from fogline.local.launch import wait_ready
 from fogline.local.samples import build_sample_repository
 
-DEFAULT_OUT = Path(__file__).resolve().parent.parent / "docs" / "perf.md"
+DEFAULT_OUT = PERF_DOC
 MODEL = "mlp"
 CONCURRENCIES = (1, 32)
 REGION = "bench"

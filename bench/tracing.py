@@ -27,7 +27,7 @@ import numpy as np
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from bench.load import Request, Target, Window
-from bench.report import machine_facts, report_command, table
+from bench.report import PERF_DOC, machine_facts, report_command, table, write_section
 from bench.results import Measurement
 from bench.servers import Server, Servers
 from bench.tls import CONCURRENCIES, MODEL, measure, start_region
@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--duration-s", type=float, default=4.0, help="measured window per run")
+    parser.add_argument("--out", type=Path, default=PERF_DOC, help=f"report to update (default {PERF_DOC})")
     args = parser.parse_args(argv)
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     machine_facts()
@@ -136,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         request = Request(MODEL, encode_request(MODEL, {"input": np.zeros((1, 64), np.float32)}).SerializeToString())
         results = asyncio.run(measure(targets, request, args.reps, Window(warmup_s=1.0, duration_s=args.duration_s)))
         spans = counter.spans
-    print(render(results, spans, report_command(argv, module="bench.tracing"), date, args.reps))
+    section = render(results, spans, report_command(argv, module="bench.tracing"), date, args.reps)
+    write_section(args.out, "tracing", section)
+    print(section)
     return 0
 
 
