@@ -103,8 +103,8 @@ async def wait_for(predicate: Callable[[], bool], timeout_s: float) -> float | N
 
 def breaker_state(edge: Server, device: str) -> str | None:
     for d in get_json(f"{edge.http}/v1/status")["devices"]:
-        if d["id"] == device:
-            return str(d["breaker"]["state"])
+        if d["id"] == device:  # NOTE: no breaker yet while it waits for its health check
+            return str(d["breaker"]["state"]) if d["breaker"] else None
     return None  # gone from the registry
 
 

@@ -11,6 +11,7 @@ if [[ -n ${FOGLINE_CATALOG:-} ]]; then
 fi
 [[ -z ${FOGLINE_MODEL_STORE:-} ]] || FOGLINE_CMD+=(--model-store "$FOGLINE_MODEL_STORE")
 [[ -z ${FOGLINE_MAX_MODEL_MB:-} ]] || FOGLINE_CMD+=(--max-model-mb "$FOGLINE_MAX_MODEL_MB")
+[[ -z ${FOGLINE_DASHBOARD_SAMPLE_S:-} ]] || FOGLINE_CMD+=(--dashboard-sample-s "$FOGLINE_DASHBOARD_SAMPLE_S")
 fogline_security
 fogline_master_security 8013 8014
 fogline_exec

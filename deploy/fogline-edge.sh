@@ -14,6 +14,7 @@ fi
 [[ -z ${FOGLINE_CACHE_DIR:-} ]] || FOGLINE_CMD+=(--cache-dir "$FOGLINE_CACHE_DIR")
 [[ -z ${FOGLINE_CACHE_MB:-} ]] || FOGLINE_CMD+=(--cache-mb "$FOGLINE_CACHE_MB")
 [[ -z ${FOGLINE_FETCH_RATE_MBPS:-} ]] || FOGLINE_CMD+=(--fetch-rate-mbps "$FOGLINE_FETCH_RATE_MBPS")
+[[ -z ${FOGLINE_DASHBOARD_SAMPLE_S:-} ]] || FOGLINE_CMD+=(--dashboard-sample-s "$FOGLINE_DASHBOARD_SAMPLE_S")
 fogline_security
 fogline_master_security 8003 8004
 fogline_exec

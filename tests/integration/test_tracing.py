@@ -95,6 +95,33 @@ def test_a_hard_cascade_input_is_one_trace_across_sdk_edge_device_and_worker(
         assert {s.name for s in spans if s.parent_id == server.span_id} == {"fogline.queue", "fogline.batch"}
 
 
+def test_through_the_cloud_master_the_trace_also_holds_its_regional_dispatch(
+        stack: Up, receiver: OtlpReceiver, digits_models: Path) -> None:
+    state = stack.state()
+    threshold = load_catalog(digits_models / digits.CATALOG_FILE).entries["digits"].rule.max_prob_below
+    split = digits.load_split(digits_models)
+    hard = split.x_test[digits.small_probabilities(digits_models, split.x_test).max(axis=1) < threshold][:1]
+    sdk = tracing.setup(SDK_SERVICE)
+    with SyncClient(state["cloud"]["grpc"], timeout_s=TIMEOUT_S, tls=client_tls(state), spans=sdk) as client:
+        result = client.infer("digits", {"input": hard})
+    sdk.close()
+    assert result.route == "cascade-hard"
+
+    every_tier = SERVICES | {"fogline-cloud"}
+    wait_for(lambda: {s.service for s in receiver.spans(result.trace_id)} == every_tier
+             and sum(s.name == "fogline.batch" for s in receiver.spans(result.trace_id)) == 2,
+             timeout_s=20, what="the spans of every tier, cloud master included")
+    spans = receiver.spans(result.trace_id)
+    by_id = {s.span_id: s for s in spans}
+    root = check_tree(spans)
+    assert (root.name, root.service) == ("fogline.infer", SDK_SERVICE)
+    (dispatch,) = [s for s in spans if s.name == "fogline.route" and s.service == "fogline-cloud"]
+    assert by_id[dispatch.parent_id].service == "fogline-cloud" and by_id[dispatch.parent_id].kind == "server"
+    assert str(dispatch.attributes["fogline.node"]).endswith("-edge")
+    edge_server = next(s for s in spans if s.service == "fogline-edge" and s.kind == "server")
+    assert by_id[edge_server.parent_id].service == "fogline-cloud"  # the cloud's attempt at the edge
+
+
 def test_fogline_infer_trace_prints_the_trace_id_of_a_trace_that_starts_at_the_cli(
         stack: Up, receiver: OtlpReceiver) -> None:
     done = subprocess.run([sys.executable, "-m", "fogline", "infer", "--state", str(stack.state_file),
