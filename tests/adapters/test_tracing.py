@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from concurrent import futures
@@ -192,6 +194,30 @@ async def test_a_call_carrying_traceparent_metadata_continues_its_trace(traced: 
     spans = await until(lambda: len(s := receiver.spans(trace_id)) >= 3 and s, what="the device's spans")
     server = one(spans, "inference.GRPCInferenceService/ModelInfer")
     assert (server.parent_id, server.kind, server.attributes["fogline.model"]) == (parent, "server", "mlp")
+
+
+# NOTE: in a process of its own: tritonclient's protobuf definitions of inference.* collide with ours.
+TRITON_CALL = """
+import sys, numpy as np, tritonclient.grpc as triton
+client = triton.InferenceServerClient(sys.argv[1])
+tensor = triton.InferInput("input", [1, 64], "FP32")
+tensor.set_data_from_numpy(np.ones((1, 64), np.float32))
+client.infer("mlp", [tensor], headers={"traceparent": sys.argv[2]})
+client.close()
+"""
+
+
+async def test_a_real_tritonclient_call_with_traceparent_in_its_headers_continues_its_trace(
+        traced: tracing.OtelSpans, receiver: OtlpReceiver, device: DeviceNode) -> None:
+    trace_id, parent = "5b8efff798038103d269b633813fc60c", "eee19b7ec3c1b174"
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-c", TRITON_CALL, device.endpoints["grpc"], f"00-{trace_id}-{parent}-01"],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    spans = await until(lambda: len(s := receiver.spans(trace_id)) >= 3 and s, what="the device's spans")
+    server = one(spans, "inference.GRPCInferenceService/ModelInfer")
+    assert (server.parent_id, server.kind, server.attributes["fogline.code"]) == (parent, "server", "OK")
+    assert {s.name for s in spans if s.parent_id == server.span_id} == {"fogline.queue", "fogline.batch"}
 
 
 async def test_a_stream_request_carrying_traceparent_as_a_parameter_continues_its_trace(
