@@ -154,3 +154,32 @@ async def test_since_answers_only_what_is_new_and_a_bad_since_is_a_400(fleet: Fl
     assert status == 400 and "since must be a number" in error["error"]
     status, _ = await dashboard(fleet.cloud.endpoints["http"], "?since=nan")
     assert status == 400
+
+
+def _rollout(history: list[dict[str, Any]], state: str) -> dict[str, Any]:
+    return {"id": "r1", "model": "cnn", "version": "2", "state": state, "percent": 50, "step": 1,
+            "steps": [10, 50, 100], "failure": "gate p99_ratio failed" if state == "rolled_back" else "",
+            "history": history}
+
+
+async def test_rollout_steps_and_the_gate_that_rolled_one_back_are_events() -> None:
+    from datetime import datetime, timezone
+
+    from fogline.adapters.metrics import Metrics
+    from fogline.servers.dashboard import Dashboard, FleetView, node
+
+    now = datetime.now(timezone.utc).isoformat()
+    entries = [{"at": "2020-01-01T00:00:00+00:00", "event": "started", "percent": 10, "detail": ""},  # before us
+               {"at": now, "event": "step", "percent": 50, "detail": ""}]
+    view = FleetView(nodes=[node("c", "cloud", None)], scraped=[], regions=[], rollouts=[_rollout(entries, "running")])
+    board = Dashboard(Metrics("cloud"), lambda: view, scope="cloud", id="c", settings=FAST)
+    await board.tick()
+    view.rollouts = [_rollout([*entries, {"at": now, "event": "rolled_back", "percent": 50,
+                                          "detail": "gate p99_ratio failed"}], "rolled_back")]
+    await board.tick()
+    doc = await board.document()
+    said = [(e["kind"], e["text"]) for e in doc["events"]]
+    assert said == [("rollout", "cnn v2: step at 50 %"), ("gate", "cnn v2: rolled_back at 50 % (gate p99_ratio failed)")]
+    assert doc["rollouts"] == [{"model": "cnn", "version": "2", "state": "rolled_back", "percent": 50, "step": 1,
+                                "steps": [10, 50, 100], "reason": "gate p99_ratio failed", "waiting": None}]
+    await board.stop()

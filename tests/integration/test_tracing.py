@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fogline.adapters import tracing
@@ -56,12 +57,17 @@ def complete(receiver: OtlpReceiver, trace_id: str) -> bool:
     return {s.service for s in spans} == SERVICES and batches == {"fogline-device", "fogline-worker"}
 
 
+def hard_digit(digits_models: Path) -> np.ndarray:
+    """One test image the digits cascade escalates: the small model is less sure of it than the threshold."""
+    threshold = load_catalog(digits_models / digits.CATALOG_FILE).entries["digits"].rule.max_prob_below
+    split = digits.load_split(digits_models)
+    return split.x_test[digits.small_probabilities(digits_models, split.x_test).max(axis=1) < threshold][:1]
+
+
 def test_a_hard_cascade_input_is_one_trace_across_sdk_edge_device_and_worker(
         stack: Up, receiver: OtlpReceiver, digits_models: Path) -> None:
     state = stack.state()
-    threshold = load_catalog(digits_models / digits.CATALOG_FILE).entries["digits"].rule.max_prob_below
-    split = digits.load_split(digits_models)
-    hard = split.x_test[digits.small_probabilities(digits_models, split.x_test).max(axis=1) < threshold][:1]
+    hard = hard_digit(digits_models)
     edge = state["regions"]["region-a"]["edge"]["grpc"]
     with SyncClient(edge, timeout_s=TIMEOUT_S, tls=client_tls(state), spans=NO_SPANS) as plain:
         wait_for(lambda: plain.infer("digits", {"input": hard}).route == "cascade-hard", timeout_s=30,
@@ -98,9 +104,7 @@ def test_a_hard_cascade_input_is_one_trace_across_sdk_edge_device_and_worker(
 def test_through_the_cloud_master_the_trace_also_holds_its_regional_dispatch(
         stack: Up, receiver: OtlpReceiver, digits_models: Path) -> None:
     state = stack.state()
-    threshold = load_catalog(digits_models / digits.CATALOG_FILE).entries["digits"].rule.max_prob_below
-    split = digits.load_split(digits_models)
-    hard = split.x_test[digits.small_probabilities(digits_models, split.x_test).max(axis=1) < threshold][:1]
+    hard = hard_digit(digits_models)
     sdk = tracing.setup(SDK_SERVICE)
     with SyncClient(state["cloud"]["grpc"], timeout_s=TIMEOUT_S, tls=client_tls(state), spans=sdk) as client:
         result = client.infer("digits", {"input": hard})
