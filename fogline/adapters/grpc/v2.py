@@ -238,7 +238,7 @@ class V2Servicer:
         attributes = {"rpc.system": "grpc", "fogline.model": request.model_name,
                       "fogline.model_version": request.model_version}
         with self.spans.span(name, attributes, kind=SERVER, parent=parent) as span:
-            body = await infer(data, request, deadline)
+            body = await infer(data, request, deadline)  # NOTE: called in the span: a key check may raise at once
             succeeded(span, {"fogline.model_version": wire.model_version(body)})
             return body
 

@@ -31,7 +31,7 @@ import numpy as np
 from fogline.core.escalation.catalog import Catalog, CatalogEntry
 from fogline.core.escalation.policy import CascadeVerdict, DeviceState, EscalationPolicy, resolve_cascade
 from fogline.core.lifecycle.traffic import Choice, VersionTraffic
-from fogline.core.observe.spans import PROCESS_SPANS, Spans, succeeded
+from fogline.core.observe.spans import PROCESS_SPANS, Attributes, Spans, in_span
 from fogline.core.parameters import (
     ROUTE_CASCADE_HARD,
     ROUTE_DEGRADED,
@@ -178,11 +178,8 @@ class EdgeRouter(Generic[R]):
     async def _traced_infer(self, model: str, request: bytes, hint: str, session: str | None,
                             deadline: float | None, version: str) -> Routed[R]:
         """:meth:`_route` in a ``fogline.route`` span with the answer's tier, node, route and attempts."""
-        with self._spans.span(ROUTE_SPAN, {"fogline.model": model, "fogline.hint": hint}) as span:
-            routed = await self._route(model, request, hint, session, deadline, version)
-            succeeded(span, {"fogline.tier": routed.tier, "fogline.node": routed.node, "fogline.route": routed.route,
-                             "fogline.attempts": routed.attempts, "fogline.ran": routed.model})
-            return routed
+        return await in_span(self._spans, ROUTE_SPAN, self._route(model, request, hint, session, deadline, version),
+                             {"fogline.model": model, "fogline.hint": hint}, describe=_where)
 
     async def _route(self, model: str, request: bytes, hint: str, session: str | None, deadline: float | None,
                      version: str) -> Routed[R]:
@@ -296,10 +293,10 @@ class EdgeRouter(Generic[R]):
         """A cascade's hard input, to the cloud (in a ``fogline.escalate`` span when tracing is on)."""
         if not self._spans.enabled:
             return await self._in_cloud(entry, request, ROUTE_CASCADE_HARD, deadline, earlier_attempts)
-        with self._spans.span(ESCALATE_SPAN, {"fogline.model": entry.model_on(TIER_CLOUD)}) as span:
-            routed = await self._in_cloud(entry, request, ROUTE_CASCADE_HARD, deadline, earlier_attempts)
-            succeeded(span, {"fogline.node": routed.node})
-            return routed
+        return await in_span(self._spans, ESCALATE_SPAN,
+                             self._in_cloud(entry, request, ROUTE_CASCADE_HARD, deadline, earlier_attempts),
+                             {"fogline.model": entry.model_on(TIER_CLOUD)},
+                             describe=lambda routed: {"fogline.node": routed.node})
 
     def _judge(self, entry: CatalogEntry, response: R, model: str) -> CascadeVerdict:
         """What becomes of a cascade's device answer (:func:`resolve_cascade`)."""
@@ -348,6 +345,12 @@ class EdgeRouter(Generic[R]):
         return {"uplink": "up" if self.uplink_up else "down",
                 "device_queue_limit": self.settings.device_queue_limit,
                 "escalation_timeout_s": self.settings.escalation_timeout_s}
+
+
+def _where(routed: Routed[Any]) -> Attributes:
+    """What a ``fogline.route`` span says of where its request ran and why."""
+    return {"fogline.tier": routed.tier, "fogline.node": routed.node, "fogline.route": routed.route,
+            "fogline.attempts": routed.attempts, "fogline.ran": routed.model}
 
 
 def _on_device(done: Dispatched[R], model: str, route: str) -> Routed[R]:

@@ -6,9 +6,8 @@ The core never imports a tracing library. Each component takes a :class:`Spans` 
 ``spans.enabled`` first, so that with tracing off a request costs one attribute read::
 
     if self._spans.enabled:
-        with self._spans.span("fogline.route", {"fogline.model": model}) as span:
-            routed = await self._route(...)
-            span.set_attribute("fogline.route", routed.route)
+        return await in_span(self._spans, "fogline.route", self._route(...), {"fogline.model": model},
+                             describe=lambda routed: {"fogline.route": routed.route})
 
 Work done on behalf of many requests at once (a batch) is recorded afterwards, once per request,
 under the context each request had when it was queued: :meth:`Spans.current` captures it,
@@ -18,9 +17,11 @@ under the context each request had when it was queued: :meth:`Spans.current` cap
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
+
+T = TypeVar("T")
 
 SpanKind = Literal["internal", "server", "client"]
 INTERNAL: SpanKind = "internal"
@@ -82,6 +83,17 @@ def succeeded(span: Span, attributes: Attributes | None = None) -> None:
     for key, value in (attributes or {}).items():
         span.set_attribute(key, value)
     span.set_attribute(ATTR_CODE, "OK")
+
+
+async def in_span(spans: Spans, name: str, work: Awaitable[T], attributes: Attributes | None = None, *,
+                  describe: Callable[[T], Attributes] | None = None, kind: SpanKind = INTERNAL,
+                  parent: object | None = None) -> T:
+    """Await ``work`` in a span ``name``: marked successful with what ``describe`` says of its result, or
+    failed with the error it raised (:class:`Span`). ``work`` must not have started: it runs in the span."""
+    with spans.span(name, attributes, kind=kind, parent=parent) as span:
+        result = await work
+        succeeded(span, describe(result) if describe is not None else None)
+        return result
 
 
 class _NoSpan:

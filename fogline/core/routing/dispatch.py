@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
 
-from fogline.core.observe.spans import CLIENT, PROCESS_SPANS, Attributes, Spans, succeeded
+from fogline.core.observe.spans import CLIENT, PROCESS_SPANS, Attributes, Spans, in_span
 from fogline.core.routing.attempt import RetryElsewhere, attempt
 from fogline.core.routing.breaker import CircuitBreaker, Permit
 from fogline.core.routing.pool import Endpoint, EndpointPool, power_of_two_choices
@@ -239,10 +239,8 @@ class Dispatcher(Generic[R]):
         """:meth:`_attempt` in a CLIENT span: the upstream sends the span's context with the request."""
         attributes: Attributes = {"fogline.endpoint": endpoint.id, "fogline.attempt": attempt_no,
                                   "fogline.model": model, "fogline.scope": self.scope}
-        with self._spans.span(ATTEMPT_SPAN, attributes, kind=CLIENT) as span:
-            response = await self._attempt(endpoint, permit, request, remaining)
-            succeeded(span)
-            return response
+        return await in_span(self._spans, ATTEMPT_SPAN, self._attempt(endpoint, permit, request, remaining),
+                             attributes, kind=CLIENT)
 
     async def _attempt(self, endpoint: Endpoint[Upstream[bytes, R]], permit: Permit, request: bytes,
                        remaining: float) -> R:
@@ -341,11 +339,10 @@ class RegionalDispatch(Generic[R]):
                             deadline: float | None) -> tuple[Dispatched[R], str]:
         """:meth:`_infer` in a ``fogline.route`` span: the region asked for and the one that served, the
         edge master (``fogline.node``) and the attempts."""
-        with self._spans.span(ROUTE_SPAN, {"fogline.model": model, "fogline.region.requested": region or ""}) as span:
-            done, served_in = await self._infer(model, request, region, session, deadline)
-            succeeded(span, {"fogline.region": served_in, "fogline.node": done.endpoint,
-                             "fogline.attempts": done.attempts})
-            return done, served_in
+        return await in_span(self._spans, ROUTE_SPAN, self._infer(model, request, region, session, deadline),
+                             {"fogline.model": model, "fogline.region.requested": region or ""},
+                             describe=lambda served: {"fogline.region": served[1], "fogline.node": served[0].endpoint,
+                                                      "fogline.attempts": served[0].attempts})
 
 
 def takes_calls(endpoint: Endpoint[Any]) -> bool:
