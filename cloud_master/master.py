@@ -236,10 +236,8 @@ class CloudMaster(Master):
         nodes = [me, *(node(r, "region", me["id"], region=r) for r in regions),
                  *(member_node(s, self.pool.endpoints.get(s.member.id), ejected, parent=s.member.region)
                    for s in edges),
-                 *(member_node(s, None, ejected, parent=me["id"]) for s in workers)]
-        for n in nodes:
-            if n["kind"] == "worker":
-                n["health"] = "healthy"  # NOTE: no pool routes to workers here: their health is read below
+                 # NOTE: the edges route to the workers, not this master: their health is whether they answer
+                 *(member_node(s, None, ejected, parent=me["id"], routed=False) for s in workers)]
         rollouts = [self.rollouts.status_json(r.model) for r in self.rollouts.list()] if self.rollouts else []
         return FleetView(nodes=nodes, scraped=[self.peer(s, "worker") for s in workers if s.member.http_address],
                          regions=[self.peer(s, "edge") for s in edges if s.member.http_address], rollouts=rollouts)

@@ -95,12 +95,13 @@ def node(id: str, kind: str, parent: str | None, *, region: str | None = None, h
 
 
 def member_node(state: MemberState, endpoint: Endpoint[Any] | None, ejected: set[str], *,
-                parent: str) -> dict[str, Any]:
-    """A member on the dashboard: healthy once it passed its health check and is in routing; its circuit
-    as this master's breaker for it says (``ejected`` when ejection keeps it out; None: not routed to)."""
+                parent: str, routed: bool = True) -> dict[str, Any]:
+    """A member on the dashboard: healthy once it passed its health check and, if this master ``routed``
+    to it, is in routing; its circuit as this master's breaker for it says (``ejected`` when ejection keeps
+    it out; None: not routed to). Whether it answers is the dashboard's to add."""
     m = state.member
     circuit = None if endpoint is None else "ejected" if m.id in ejected else endpoint.breaker.state.value
-    healthy = state.checked and endpoint is not None
+    healthy = state.checked and (endpoint is not None or not routed)
     return node(m.id, m.service, parent, region=m.region or None, health=HEALTHY if healthy else UNHEALTHY,
                 circuit=circuit, versions=versions_by_model(m) or {n: [] for n in sorted(m.models)},
                 address=m.address, load=state.load)
@@ -131,7 +132,8 @@ class Dashboard:
         self._ever_healthy: set[str] = set()
         self._rollout_seen: dict[str, int] = {}
         self._nodes: list[dict[str, Any]] = []
-        self._last_node: dict[str, dict[str, Any]] = {}
+        self._last_seen: dict[str, dict[str, Any]] = {}
+        """Each member's node as last seen, kept while it may be shown as down (``ghost_s``)."""
         self._rollouts: list[dict[str, Any]] = []
         self._region_since: dict[str, float] = {}
         self._region_events: dict[str, float] = {}
@@ -258,14 +260,11 @@ class Dashboard:
         self._circuits.observe({n["id"]: n["circuit"] for n in own if n["circuit"] is not None})
         self._reachable.observe({n["id"]: n["health"] for n in own if n["id"] in health})
         self._ever_healthy |= {n["id"] for n in own if n["health"] == HEALTHY}
-        for n in own:
-            self._last_node[n["id"]] = n
-        ghosts = [{**self._last_node[mid], "health": DOWN, "circuit": None,
-                   "load": {"in_flight": 0, "queue_depth": 0}}
-                  for mid in self._members.departed(now) if mid in self._last_node and mid not in present]
-        for mid in [m for m in self._last_node if m not in present and m not in self._members.departed(now)]:
-            if mid != self.id and self._last_node[mid]["kind"] not in ("cloud", "region"):
-                del self._last_node[mid]
+        departed = self._members.departed(now)
+        self._last_seen = {mid: n for mid, n in self._last_seen.items() if mid in departed}
+        ghosts = [{**n, "health": DOWN, "circuit": None, "load": {"in_flight": 0, "queue_depth": 0}}
+                  for n in self._last_seen.values()]
+        self._last_seen.update({n["id"]: n for n in own if n["id"] in present})
         self._nodes = nodes + ghosts
 
     def _update_rollouts(self, rollouts: list[dict[str, Any]]) -> None:

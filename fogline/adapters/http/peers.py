@@ -35,33 +35,20 @@ async def fetch_statuses(addresses: Sequence[str], timeout_s: float = 1.0, *, ss
                          max_body_bytes: int = STATUS_MAX_BYTES) -> dict[str, dict[str, Any] | None]:
     """``GET http://<address>/v1/status`` of each address concurrently; None for one that did not
     answer with a JSON object of at most ``max_body_bytes`` within ``timeout_s`` (a slow or dead peer
-    never holds up the others).
+    never holds up the others), with a WARNING saying why.
 
     With ``ssl`` the reads are HTTPS with that context; ``server_names`` maps an address to the
     name its server's certificate must carry (the member's identity), instead of the address's host.
     """
-    timeout = aiohttp.ClientTimeout(total=timeout_s)
     names = server_names or {}
     unique = list(dict.fromkeys(addresses))
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        replies = await asyncio.gather(*(_status(session, a, ssl, names.get(a), max_body_bytes) for a in unique))
-    by_address = dict(zip(unique, replies, strict=True))
-    return {a: by_address[a] for a in addresses}
-
-
-async def _status(session: aiohttp.ClientSession, address: str, ssl: SSLContext | None, server_name: str | None,
-                  max_body_bytes: int) -> dict[str, Any] | None:
-    scheme = "http" if ssl is None else "https"
-    tls: dict[str, Any] = {} if ssl is None else {"ssl": ssl, "server_hostname": server_name}
+    reader = PeerReader(timeout_s=timeout_s, ssl=ssl, max_body_bytes=max_body_bytes, warn=True)
     try:
-        async with session.get(f"{scheme}://{address}/v1/status", **tls) as reply:
-            reply.raise_for_status()
-            body = _json(reply.content_type, await _read(reply, max_body_bytes))
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, RecursionError) as exc:
-        log.warning("status of %s unavailable: %s", address,
-                    truncate(str(exc), _ERROR_MAX_CHARS) or type(exc).__name__)
-        return None
-    return body if isinstance(body, dict) else None
+        replies = await asyncio.gather(*(reader.json(a, "/v1/status", names.get(a)) for a in unique))
+    finally:
+        await reader.close()
+    by_address = {a: body if isinstance(body, dict) else None for a, body in zip(unique, replies, strict=True)}
+    return {a: by_address[a] for a in addresses}
 
 
 async def _read(reply: aiohttp.ClientResponse, max_body_bytes: int) -> bytes:
@@ -88,14 +75,16 @@ class PeerReader:
     session kept open between reads, each bounded by ``max_body_bytes`` and ``timeout_s``. A peer that
     does not answer gives None, and nothing is logged: the caller says once that it went away.
 
-    With ``ssl`` the reads are HTTPS, verifying the name ``server_name`` given per read.
+    With ``ssl`` the reads are HTTPS, verifying the name ``server_name`` given per read. With ``warn``
+    each failed read is logged (a WARNING with the peer's address and why).
     """
 
     def __init__(self, *, timeout_s: float = 1.0, ssl: SSLContext | None = None,
-                 max_body_bytes: int = STATUS_MAX_BYTES) -> None:
+                 max_body_bytes: int = STATUS_MAX_BYTES, warn: bool = False) -> None:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._ssl = ssl
         self._max_body_bytes = max_body_bytes
+        self._warn = warn
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
@@ -110,8 +99,14 @@ class PeerReader:
             async with self._open().get(f"{scheme}://{address}{path}", **tls) as reply:
                 reply.raise_for_status()
                 return reply.content_type, await _read(reply, self._max_body_bytes)
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, OSError):
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, OSError) as exc:
+            self._failed(address, path, exc)
             return None
+
+    def _failed(self, address: str, path: str, exc: BaseException) -> None:
+        if self._warn:
+            log.warning("%s of %s unavailable: %s", path, address,
+                        truncate(str(exc), _ERROR_MAX_CHARS) or type(exc).__name__)
 
     async def text(self, address: str, path: str, server_name: str | None = None) -> str | None:
         """The page's body as text (None: no answer, or not UTF-8)."""
@@ -130,7 +125,8 @@ class PeerReader:
             return None
         try:
             return _json(*got)
-        except (ValueError, RecursionError):
+        except (ValueError, RecursionError) as exc:
+            self._failed(address, path, exc)
             return None
 
     async def close(self) -> None:
