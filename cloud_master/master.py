@@ -20,7 +20,6 @@ from fogline.adapters.grpc.artefacts import registry_source
 from fogline.adapters.grpc.forward import RegionalBackend
 from fogline.adapters.grpc.upstream import GrpcUpstream, StreamUpstream
 from fogline.adapters.http.peers import fetch_statuses
-from fogline.adapters.tls.http import client_ssl_context
 from fogline.core.control.limits import ControlLimits
 from fogline.core.control.membership import MembershipLoop
 from fogline.core.control.peer_status import edge_devices
@@ -85,7 +84,6 @@ class CloudMaster(Master):
         self.consul: ConsulFollower | None = None
         self.membership: MembershipLoop | None = None
         self.live = LiveConfig()
-        self._status_context: ssl.SSLContext | None = None
         self.models = ModelRegistry(settings.model_store) if settings.model_store else None
         self.model_routes = ModelRoutes(self.models, max_model_bytes=settings.max_model_bytes)
         # NOTE: rollouts live beside the registry, so that both survive a restart together.
@@ -214,7 +212,7 @@ class CloudMaster(Master):
         edges = self.registry.members("edge")
         workers = self.registry.members("worker")
         addresses, tls = _status_reads([s.member for s in edges + workers if s.member.http_address],
-                                       self._status_ssl())
+                                       self.peer_ssl())
         statuses = await fetch_statuses(addresses, self.settings.peer_status_timeout_s, **tls)
         regions: dict[str, dict[str, list[dict[str, Any]]]] = {}
         for state in edges:
@@ -241,12 +239,6 @@ class CloudMaster(Master):
         rollouts = [self.rollouts.status_json(r.model) for r in self.rollouts.list()] if self.rollouts else []
         return FleetView(nodes=nodes, scraped=[self.peer(s, "worker") for s in workers if s.member.http_address],
                          regions=[self.peer(s, "edge") for s in edges if s.member.http_address], rollouts=rollouts)
-
-    def _status_ssl(self) -> ssl.SSLContext | None:
-        """The client TLS with which the members' status is read (one context: it follows the certificate)."""
-        if self.material is not None and self._status_context is None:
-            self._status_context = client_ssl_context(self.material)
-        return self._status_context
 
     async def drain(self) -> None:
         """Stop following Consul, leave it, then stop serving."""

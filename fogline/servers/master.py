@@ -9,6 +9,7 @@ workers) subclass :class:`Master` and add only their routing, identity and statu
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +108,7 @@ class Master:
         self.enroller: Enroller | None = None
         self._admin: Any = None
         self.dashboard: Dashboard | None = None
+        self._peer_context: ssl.SSLContext | None = None
 
     def identity(self) -> Identity:
         """What this master's certificate names (subclasses)."""
@@ -230,13 +232,20 @@ class Master:
     def _dashboard(self) -> Dashboard:
         identity = self.identity()
         reader = PeerReader(timeout_s=self._master_settings.dashboard.peer_timeout_s,
-                            ssl=client_ssl_context(self.material) if self.material else None)
+                            ssl=self.peer_ssl())
         return Dashboard(self.metrics, self.dashboard_view, scope=self.metrics.tier, id=identity.id,
                          region=identity.region or None, settings=self._master_settings.dashboard, reader=reader)
 
     def dashboard_view(self) -> FleetView:
         """What the dashboard shows of the fleet now (subclasses)."""
         raise NotImplementedError
+
+    def peer_ssl(self) -> ssl.SSLContext | None:
+        """The client TLS with which members' REST pages are read (one context: it follows the certificate);
+        None in plaintext."""
+        if self.material is not None and self._peer_context is None:
+            self._peer_context = client_ssl_context(self.material)
+        return self._peer_context
 
     def peer(self, state: MemberState, tier: str) -> Peer:
         """How the dashboard reads ``state``'s member's pages: over TLS, checking its identity."""
