@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -16,6 +15,7 @@ if TYPE_CHECKING:
     from fogline.servers.model_server import ModelServerSettings
 
 from fogline.cli import certs as certs_cli
+from fogline.cli import infer as infer_cli
 from fogline.cli import keys as keys_cli
 from fogline.cli import models as models_cli
 from fogline.cli import rollout as rollout_cli
@@ -146,18 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--scrape-interval-s", type=float, default=5.0,
                     help="Prometheus scrape interval written to <workdir>/prometheus.yml, seconds (default 5)")
 
-    infer = sub.add_parser("infer", help="send one request and print the result and where it ran")
-    infer.add_argument("--url", help="V2 endpoint host:port (default: the edge of the running `fogline up`)")
-    infer.add_argument("--state", type=Path, default=DEFAULT_HOME / "stack.json", help="state file of `fogline up`")
-    infer.add_argument("--model", default="mlp")
-    infer.add_argument("--input", type=Path, help=".npy input (default: random data of the model's shape)")
-    infer.add_argument("--batch", type=int, default=1, help="rows of random input (default 1)")
-    infer.add_argument("--session", help="affinity key (fogline.session)")
-    infer.add_argument("--timeout-s", type=float, default=10.0)
-    infer.add_argument("--trace", action="store_true",
-                       help="send the request in a new sampled trace and print its trace id and timings (its "
-                            "spans are exported where the OTEL_* variables say, if they say)")
-    security_flags.add_client_flags(infer)
+    infer_cli.add_parser(sub, DEFAULT_HOME)
 
     calibrate = sub.add_parser("calibrate", help="choose a cascade's hardness threshold on labelled validation data")
     calibrate.add_argument("--url", help="edge master host:port (default: the edge of the running `fogline up`)")
@@ -191,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in clients and hasattr(signal, "SIGPIPE"):
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `fogline infer | head` ends quietly
     commands = {"device": _device, "worker": _worker, "edge": _edge, "cloud": _cloud, "up": _up,
-                "infer": _infer, "samples": _samples, "calibrate": _calibrate, "certs": certs_cli.run,
+                "infer": infer_cli.run, "samples": _samples, "calibrate": _calibrate, "certs": certs_cli.run,
                 "keys": keys_cli.run, "models": models_cli.run, "rollout": rollout_cli.run}
     try:
         return commands[args.command](args)
@@ -320,24 +309,13 @@ def _samples(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stack_edge(url: str | None, state: Path) -> str | None:
-    """``url``, else the first edge master of the running ``fogline up``; None (after saying why) if neither."""
-    if url is not None:
-        return url
-    if not state.is_file():
-        print(f"no --url given and no running stack ({state} not found); start one with `fogline up`",
-              file=sys.stderr)
-        return None
-    return str(json.loads(state.read_text())["edge"]["grpc"])
-
-
 def _calibrate(args: argparse.Namespace) -> int:
     import asyncio
 
     from fogline.errors import FoglineError
     from fogline.sdk.calibrate import calibrate
 
-    url = _stack_edge(args.url, args.state)
+    url = infer_cli.stack_edge(args.url, args.state)
     if url is None:
         return 2
     try:
@@ -349,78 +327,3 @@ def _calibrate(args: argparse.Namespace) -> int:
         return 1
     print(report)
     return 0
-
-
-def _infer(args: argparse.Namespace) -> int:
-    import time
-
-    import numpy as np
-
-    from fogline.core.tensors import numpy_dtype
-    from fogline.errors import FoglineError
-    from fogline.sdk.client import SyncClient
-
-    url = _stack_edge(args.url, args.state)
-    if url is None:
-        return 2
-    from fogline.adapters.tracing import TracingError
-
-    try:
-        spans = _client_tracing(args.trace)
-    except TracingError as err:
-        print(f"fogline infer: {err}", file=sys.stderr)
-        return 2
-    try:
-        with SyncClient(url, timeout_s=args.timeout_s, spans=spans, **security_flags.client_settings(args)) as client:
-            try:
-                if args.input:
-                    inputs = {"input": np.load(args.input)}
-                else:
-                    meta = client.model_metadata(args.model)
-                    rng = np.random.default_rng()
-                    inputs = {t.name: rng.standard_normal([args.batch if d == -1 else d for d in t.shape])
-                              .astype(numpy_dtype(t.datatype)) for t in meta.inputs}
-                started = time.perf_counter()
-                result = client.infer(args.model, inputs, session=args.session)
-                took_s = time.perf_counter() - started
-            except FoglineError as err:
-                print(f"error: {err.code.value}: {err}", file=sys.stderr)
-                return 1
-    finally:
-        if spans is not None:
-            spans.close()
-    np.set_printoptions(precision=4, suppress=True, linewidth=120)
-    print(f"model {result.model} v{result.version} via {result.endpoint}: tier={result.tier} "
-          f"node={result.node} route={result.route}")
-    if args.trace:
-        _print_trace(result, took_s)
-    for name, value in result.outputs.items():
-        print(f"{name} {value.dtype} {list(value.shape)}:")
-        print(value)
-        if value.ndim == 2 and value.dtype.kind == "f":
-            print(f"argmax: {value.argmax(axis=1).tolist()}")
-    return 0
-
-
-def _client_tracing(forced: bool) -> Any:
-    """The spans of ``fogline infer``: with ``forced`` (``--trace``) every request starts a sampled trace,
-    exported only if the OTEL_* variables configure an exporter; without it, tracing as they say (None: off)."""
-    from fogline.adapters import tracing
-
-    if not forced and not tracing.configured():
-        return None
-    sampler = None
-    if forced:
-        from opentelemetry.sdk.trace.sampling import ALWAYS_ON
-
-        sampler = ALWAYS_ON
-    return tracing.setup("fogline-cli", sampler=sampler, export=tracing.configured())
-
-
-def _print_trace(result: Any, took_s: float) -> None:
-    """The trace id of a ``--trace`` request and what its answer says of where it ran."""
-    print(f"trace id: {result.trace_id}")
-    hops = [("client total", f"{took_s * 1000:.2f} ms")]
-    hops += [(key, str(value)) for key, value in sorted(result.parameters.items()) if key.startswith("fogline.")]
-    for key, value in hops:
-        print(f"  {key}: {value}")
